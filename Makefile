@@ -1,0 +1,55 @@
+# Two commands on a fresh machine: `make demo` (the whole pipeline on Fashion-MNIST, with a report)
+# and `make test`. Both install what they need first: system packages via apt-get where missing,
+# a virtual environment in .venv, torch (the local CPU build when none is present), kdprune and its extras.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+APT_PACKAGES := dataset-fashion-mnist pkg-config libopencv-dev libturbojpeg0-dev g++
+EXTRAS ?= dev,plot
+STAMP := $(VENV)/.kdprune-$(EXTRAS)
+SOURCES := $(wildcard csrc/*.cpp csrc/*.h) setup.py pyproject.toml
+
+.PHONY: demo test install system-deps build bench reproduce clean
+
+demo: install
+	$(PY) -m kdprune pipeline --name demo
+
+test: install
+	$(PY) -m pytest -q tests
+
+install: system-deps $(STAMP) build
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q numpy tqdm ninja
+	$(PIP) install -q --no-build-isolation -e ".[$(EXTRAS)]"
+	touch $@
+
+# Rebuild the C++ extension in place whenever a source changed (pip's editable install built it once).
+build: $(STAMP)
+	@$(PY) -c "import sys, os, glob; so = glob.glob('kdprune/_C*.so'); srcs = '$(SOURCES)'.split(); \
+	sys.exit(0 if so and all(os.path.getmtime(so[0]) >= os.path.getmtime(s) for s in srcs) else 1)" \
+	|| $(PY) setup.py -q build_ext --inplace
+
+bench: install
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+reproduce: install
+	$(PY) -m kdprune reproduce
+
+clean:
+	rm -rf build kdprune/_C*.so *.egg-info

@@ -1,0 +1,43 @@
+"""Datasets: Fashion-MNIST (IDX), CIFAR-10/100 (python batches), synthetic; plus normalisation and the
+deterministic augmentation the teacher store and the loaders share."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kdprune.data.augment import Augment
+from kdprune.data.cifar import load_cifar
+from kdprune.data.dataset import ArrayDataset, fingerprint_arrays
+from kdprune.data.idx import load_fashion_mnist
+from kdprune.data.synthetic import synthetic
+from kdprune.errors import DataError
+
+__all__ = ["ArrayDataset", "Augment", "load_dataset", "load_fashion_mnist", "load_cifar", "synthetic",
+           "fingerprint_arrays", "to_float"]
+
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "synthetic")
+
+
+def load_dataset(name: str, split: str = "train", data_dir: str | None = None, *,
+                 num_samples: int = 2000, num_classes: int = 10, shape=(28, 28, 1), seed: int = 0) -> ArrayDataset:
+    """Load a dataset by name: ``fashion-mnist``, ``cifar10``, ``cifar100`` or ``synthetic``.
+
+    For ``synthetic``, the test split is drawn with a different seed (``seed + 1``) and a sixth the size.
+    """
+    if name == "fashion-mnist":
+        return load_fashion_mnist(split, data_dir)
+    if name in ("cifar10", "cifar100"):
+        if data_dir is None:
+            raise DataError(f"{name} needs --data-dir pointing at the extracted python batch files")
+        return load_cifar(name, split, data_dir)
+    if name == "synthetic":
+        if split == "test":
+            return synthetic(max(num_samples // 6, num_classes), num_classes, shape, seed + 1)
+        return synthetic(num_samples, num_classes, shape, seed)
+    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 ``[N, H, W, C]`` -> float32 ``[N, C, H, W]`` scaled to [-1, 1] (the models' input)."""
+    x = torch.as_tensor(images)
+    return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
