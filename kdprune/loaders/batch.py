@@ -1,0 +1,69 @@
+"""What every loader yields, and the per-epoch order every backend shares."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from kdprune.errors import ConfigError, DataError
+
+
+class Batch(NamedTuple):
+    """``x`` float [B, C, H, W], ``y`` int64 [B], ``ids`` int64 [B] sample ids, all on one device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    ids: torch.Tensor
+
+
+def resolve_distributed(distributed) -> tuple[int, int]:
+    """(rank, world_size): from ``distributed=(rank, world)``, or torch.distributed when it is
+    initialised and ``distributed`` is None or True, else (0, 1)."""
+    if isinstance(distributed, (tuple, list)):
+        rank, world = int(distributed[0]), int(distributed[1])
+    elif distributed is False:
+        return 0, 1
+    else:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            rank, world = dist.get_rank(), dist.get_world_size()
+        elif distributed:
+            raise ConfigError("distributed=True but torch.distributed is not initialised; "
+                              "launch with torchrun or pass distributed=(rank, world_size)")
+        else:
+            return 0, 1
+    if not (0 <= rank < world):
+        raise ConfigError(f"rank {rank} out of range for world size {world}")
+    return rank, world
+
+
+def check_ids(ids, num_samples: int) -> np.ndarray:
+    """The kept ids as sorted unique int64, each in ``[0, num_samples)``; an empty set is an error."""
+    ids = np.asarray(getattr(ids, "ids", ids))
+    if ids.size == 0:
+        raise DataError("the IndexSet is empty: nothing to load; use a larger keep fraction")
+    ids = np.unique(ids.astype(np.int64))
+    if ids[0] < 0 or ids[-1] >= num_samples:
+        raise DataError(f"sample ids must lie in [0, {num_samples}), found [{ids[0]}, {ids[-1]}]; "
+                        "was the IndexSet made for another dataset?")
+    return ids
+
+
+def epoch_order(ids: np.ndarray, *, seed: int, epoch: int, shuffle: bool, rank: int, world: int,
+                drop_last: bool, batch_size: int) -> np.ndarray:
+    """This rank's ids for ``epoch``: one permutation seeded by (seed, epoch), the same on every
+    rank, dealt round-robin so shards are disjoint. Shards are made equal-length (as DDP needs, or
+    ranks deadlock in all-reduce) by dropping the remainder when ``drop_last`` and otherwise by padding
+    with ids from the start of the permutation, which DistributedSampler does too."""
+    order = ids[np.random.default_rng([seed, epoch]).permutation(len(ids))] if shuffle else ids
+    if world > 1:
+        if drop_last:
+            order = order[: len(order) - len(order) % world]
+        elif len(order) % world:
+            pad = world - len(order) % world
+            order = np.concatenate([order, order[:pad]])
+        order = order[rank::world]
+    if drop_last:
+        order = order[: len(order) - len(order) % batch_size]
+    return order

@@ -1,0 +1,134 @@
+"""Small CPU-friendly models, a registry by name, and checkpoints that load without running code.
+
+A checkpoint is a directory-free single file pair: ``<path>`` holds the state dict (loaded with
+``torch.load(weights_only=True)``) and ``<path>.json`` the spec (model name and keyword arguments),
+so loading never unpickles arbitrary objects. ``torchvision:NAME`` / ``timm:NAME`` build models from
+those libraries where they are installed (never needed on the CPU path).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from torch import nn
+
+from kdprune.errors import ConfigError
+
+
+class SmallCNN(nn.Module):
+    """A compact CNN: two conv blocks of ``width`` and ``2*width`` channels, then a linear head."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+            nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(2 * w, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (used by prototype scores)."""
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.short(x))
+
+
+class ResNetCifar(nn.Module):
+    """CIFAR-style ResNet (He et al. 2016): depth = 6n + 2, three stages of ``width * (1, 2, 4)``."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, depth: int = 20, width: int = 16):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ConfigError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56), got {depth}")
+        n = (depth - 2) // 6
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU(inplace=True))
+        layers, cin = [], width
+        for i, cout in enumerate((width, 2 * width, 4 * width)):
+            for j in range(n):
+                layers.append(BasicBlock(cin, cout, 2 if (j == 0 and i > 0) else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(cin, num_classes)
+
+    def embed(self, x):
+        return self.pool(self.layers(self.stem(x)))
+
+    def forward(self, x):
+        return self.head(self.embed(x))
+
+
+MODELS = {
+    "cnn": SmallCNN,
+    "resnet20": lambda **kw: ResNetCifar(depth=20, **kw),
+    "resnet32": lambda **kw: ResNetCifar(depth=32, **kw),
+    "resnet56": lambda **kw: ResNetCifar(depth=56, **kw),
+}
+
+
+def build_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.Module:
+    """Build a model by name: one of :data:`MODELS`, or ``torchvision:NAME`` / ``timm:NAME``."""
+    if name.startswith("torchvision:"):
+        try:
+            import torchvision
+        except Exception as err:  # a CUDA torchvision wheel fails to load against a CPU torch
+            raise ConfigError(f"--model {name} needs a torchvision that loads with this torch ({err})") from err
+        return torchvision.models.get_model(name.split(":", 1)[1], num_classes=num_classes, **kwargs)
+    if name.startswith("timm:"):
+        try:
+            import timm
+        except ImportError as err:
+            raise ConfigError(f"--model {name} needs timm: pip install timm") from err
+        return timm.create_model(name.split(":", 1)[1], num_classes=num_classes, in_chans=in_channels, **kwargs)
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}, "
+                          "torchvision:NAME or timm:NAME")
+    return MODELS[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def save_model(path: str, model: nn.Module, spec: dict) -> None:
+    """Save ``model``'s weights to ``path`` and ``spec`` (``name``, ``num_classes``, ``in_channels``,
+    ``kwargs``, anything else descriptive) to ``path + '.json'``, each atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    with open(path + ".json.tmp", "w") as f:
+        json.dump(spec, f, indent=2)
+    os.replace(path + ".json.tmp", path + ".json")
+
+
+def load_model(path: str, map_location="cpu") -> nn.Module:
+    """Rebuild the model described by ``path + '.json'`` and load its weights; returned in eval mode."""
+    if not os.path.exists(path) or not os.path.exists(path + ".json"):
+        raise ConfigError(f"model checkpoint {path} (with {path}.json) not found; train one with "
+                          "`kdprune teacher` or pass the right path")
+    with open(path + ".json") as f:
+        spec = json.load(f)
+    model = build_model(spec["name"], spec["num_classes"], spec["in_channels"], **spec.get("kwargs", {}))
+    model.load_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+    return model.eval()

@@ -1,0 +1,166 @@
+"""The kept subset as a first-class artefact: :class:`IndexSet` and :func:`prune`."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from kdprune.errors import ConfigError, DataError
+
+
+def check_fraction(fraction: float) -> float:
+    """Return ``fraction`` if it lies in (0, 1], else raise a clear error."""
+    try:
+        fraction = float(fraction)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"keep fraction must be a number in (0, 1], got {fraction!r}") from err
+    if not (0.0 < fraction <= 1.0):
+        raise ConfigError(f"keep fraction must lie in (0, 1], got {fraction}; "
+                          "e.g. 0.3 keeps 30% of the samples")
+    return fraction
+
+
+def _write_atomic(path: str, write) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class IndexSet:
+    """Sorted unique int64 sample ids plus ``meta`` saying how they were chosen
+    (method, keep fraction, seed, class balance, dataset fingerprint, num_samples)."""
+
+    def __init__(self, ids, meta: dict | None = None):
+        ids = np.asarray(ids)
+        if ids.ndim != 1:
+            raise DataError(f"IndexSet ids must be 1-D, got shape {ids.shape}")
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise DataError(f"IndexSet ids must be integers, got {ids.dtype}")
+        ids = np.unique(ids.astype(np.int64))  # sorted, unique
+        self.meta = dict(meta or {})
+        n = self.meta.get("num_samples")
+        if ids.size and (ids[0] < 0 or (n is not None and ids[-1] >= n)):
+            raise DataError(f"IndexSet ids must lie in [0, {n}), found [{ids[0]}, {ids[-1]}]")
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"IndexSet({len(self)} ids, method={self.meta.get('method')!r}, fraction={self.meta.get('fraction')})"
+
+    def check_dataset(self, num_samples: int, fingerprint: str | None = None) -> "IndexSet":
+        """Raise if this set was made for another dataset (size or fingerprint); return self."""
+        mine = self.meta.get("dataset_fingerprint")
+        if fingerprint and mine and mine != fingerprint:
+            raise DataError(f"this IndexSet was made for dataset {mine}, not {fingerprint}; "
+                            "re-run `kdprune prune` on this dataset")
+        if self.ids.size and self.ids[-1] >= num_samples:
+            raise DataError(f"IndexSet id {self.ids[-1]} is out of range for a dataset of {num_samples} samples")
+        return self
+
+    def save(self, stem: str) -> None:
+        """Write ``stem.npy`` (the ids) and ``stem.json`` (the meta), each atomically."""
+        os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+        _write_atomic(stem + ".npy", lambda p: np.save(open(p, "wb"), self.ids))
+        meta = {**self.meta, "count": len(self)}
+        _write_atomic(stem + ".json", lambda p: json.dump(meta, open(p, "w"), indent=2))
+
+    @classmethod
+    def load(cls, stem: str) -> "IndexSet":
+        """Read an IndexSet written by :meth:`save` (``stem`` with or without ``.npy``/``.json``)."""
+        stem = stem[:-4] if stem.endswith((".npy", ".json")) and not stem.endswith(".json") else stem
+        stem = stem[:-5] if stem.endswith(".json") else stem
+        for ext in (".npy", ".json"):
+            if not os.path.exists(stem + ext):
+                raise DataError(f"IndexSet file {stem + ext} not found; create it with `kdprune prune`")
+        try:
+            ids = np.load(stem + ".npy", allow_pickle=False)
+            with open(stem + ".json") as f:
+                meta = json.load(f)
+        except (ValueError, OSError, json.JSONDecodeError) as err:
+            raise DataError(f"IndexSet {stem} is unreadable ({err}); re-run `kdprune prune`") from err
+        if meta.get("count", len(ids)) != len(ids):
+            raise DataError(f"IndexSet {stem}: the JSON says {meta['count']} ids but the .npy holds {len(ids)}")
+        return cls(ids, meta)
+
+
+def _class_balanced_take(order: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Take ``k`` ids from ``order`` (best first) so each class gets ``k / num_classes`` (within one),
+    giving a class with too few samples' share to the others."""
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.zeros(len(classes), dtype=np.int64)
+    remaining = k
+    # water-filling: a class smaller than the fair share keeps all it has, the rest share what is left
+    for left, idx in zip(range(len(classes), 0, -1), np.argsort(counts, kind="stable")):
+        quota[idx] = min(counts[idx], remaining // left)
+        remaining -= quota[idx]
+    # hand out the rounding remainder one per class, biggest headroom first
+    for idx in np.argsort(-(counts - quota)):
+        if remaining == 0:
+            break
+        if quota[idx] < counts[idx]:
+            quota[idx] += 1
+            remaining -= 1
+    take = []
+    pos = np.searchsorted(classes, labels[order])
+    for c in range(len(classes)):
+        take.append(order[pos == c][: quota[c]])
+    return np.concatenate(take)
+
+
+def prune(scores=None, fraction: float = 1.0, *, mode: str = "random", labels=None,
+          class_balanced: bool = False, seed: int = 0, dataset_fingerprint: str | None = None,
+          method: str | None = None) -> IndexSet:
+    """Keep ``round(fraction * N)`` ids.
+
+    ``mode``: ``"random"`` (seeded; ``scores`` may be None, N from ``labels``), ``"hardest"`` (highest
+    scores: scores are oriented so that higher means harder), ``"easiest"`` (lowest), or ``"ccs"``
+    (coverage-centric stratified sampling, :func:`kdprune.scores.ccs.ccs_select`).
+    ``class_balanced`` keeps each class's share equal (within one).
+    """
+    fraction = check_fraction(fraction)
+    if scores is None and labels is None:
+        raise ConfigError("prune needs scores, or labels for random pruning (to know N)")
+    if scores is not None:
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.ndim != 1:
+            raise DataError(f"scores must be 1-D [N], got shape {scores.shape}")
+        if np.isnan(scores).any():
+            bad = np.flatnonzero(np.isnan(scores))[:5]
+            raise DataError(f"scores contain NaN (e.g. at ids {bad.tolist()}); recompute them")
+    n = len(scores) if scores is not None else len(labels)
+    if labels is not None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if len(labels) != n:
+            raise DataError(f"{n} scores but {len(labels)} labels")
+    if class_balanced and labels is None:
+        raise ConfigError("class_balanced pruning needs labels")
+    k = int(round(fraction * n))
+    rng = np.random.default_rng(seed)
+    if mode == "random":
+        order = rng.permutation(n)
+    elif mode in ("hardest", "easiest"):
+        if scores is None:
+            raise ConfigError(f"mode {mode!r} needs scores; use mode='random' without scores")
+        tie = rng.random(n)  # seeded tie-break, so equal scores do not favour low ids
+        keys = (-scores, tie) if mode == "hardest" else (scores, tie)
+        order = np.lexsort(keys[::-1])
+    elif mode == "ccs":
+        from kdprune.scores.ccs import ccs_select
+        if scores is None:
+            raise ConfigError("mode 'ccs' needs scores")
+        ids = ccs_select(scores, k, labels=labels if class_balanced else None, seed=seed)
+        order, class_balanced = ids, False
+    else:
+        raise ConfigError(f"unknown prune mode {mode!r}; use random, hardest, easiest or ccs")
+    ids = _class_balanced_take(order, labels, k) if class_balanced else order[:k]
+    meta = {"method": method or mode, "mode": mode, "fraction": fraction, "seed": seed,
+            "class_balanced": bool(class_balanced), "num_samples": n,
+            "dataset_fingerprint": dataset_fingerprint}
+    return IndexSet(ids, meta)
