@@ -1,0 +1,15 @@
+"""Arguments several commands share, so each means the same everywhere."""
+from kdprune.data import DATASETS
+
+
+def add_data_args(p):
+    p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
+    p.add_argument("--data-dir", default=None,
+                   help="dataset folder (Fashion-MNIST default: /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--synthetic-samples", type=int, default=2000,
+                   help="training-set size of --dataset synthetic")
+
+
+def load_from_args(args, split="train"):
+    from kdprune.data import load_dataset
+    return load_dataset(args.dataset, split, args.data_dir, num_samples=args.synthetic_samples)
