@@ -59,11 +59,10 @@ def bench(fn: Callable[[], object], *, warmup: int = 3, repeat: int = 20, min_ti
 
 def table(rows: list[dict], columns: list[str]) -> str:
     """A Markdown table of ``rows`` restricted to ``columns`` (floats to 4 significant digits)."""
-    def fmt(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+    from kdprune.report import markdown_table
+
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else v  # noqa: E731
+    return markdown_table([{c: fmt(r.get(c, "")) for c in columns} for r in rows], columns)
 
 
 def save(name: str, rows: list[dict], **extra) -> str:
