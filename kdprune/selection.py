@@ -90,77 +90,95 @@ class IndexSet:
         return cls(ids, meta)
 
 
-def _class_balanced_take(order: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Take ``k`` ids from ``order`` (best first) so each class gets ``k / num_classes`` (within one),
-    giving a class with too few samples' share to the others."""
+def class_quotas(labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes, quota)``: how many of ``k`` ids each class gets so that shares are equal within
+    one; a class with fewer samples than its share keeps them all and the others share the rest."""
     classes, counts = np.unique(labels, return_counts=True)
     quota = np.zeros(len(classes), dtype=np.int64)
-    remaining = k
+    remaining = int(k)
     # water-filling: a class smaller than the fair share keeps all it has, the rest share what is left
     for left, idx in zip(range(len(classes), 0, -1), np.argsort(counts, kind="stable")):
         quota[idx] = min(counts[idx], remaining // left)
         remaining -= quota[idx]
     # hand out the rounding remainder one per class, biggest headroom first
-    for idx in np.argsort(-(counts - quota)):
+    for idx in np.argsort(-(counts - quota), kind="stable"):
         if remaining == 0:
             break
         if quota[idx] < counts[idx]:
             quota[idx] += 1
             remaining -= 1
-    take = []
+    return classes, quota
+
+
+def _class_balanced_take(order: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Take ``k`` ids from ``order`` (best first) with the per-class quotas of :func:`class_quotas`."""
+    classes, quota = class_quotas(labels, k)
     pos = np.searchsorted(classes, labels[order])
-    for c in range(len(classes)):
-        take.append(order[pos == c][: quota[c]])
-    return np.concatenate(take)
+    return np.concatenate([order[pos == c][: quota[c]] for c in range(len(classes))])
+
+
+def _check_prune_scores(scores) -> np.ndarray:
+    scores = np.asarray(getattr(scores, "scores", scores))  # a ScoreFile or an array
+    if scores.ndim != 1:
+        raise DataError(f"scores must be 1-D [N], got shape {scores.shape}")
+    if not np.issubdtype(scores.dtype, np.number):
+        raise DataError(f"scores must be numbers, got dtype {scores.dtype}")
+    scores = scores.astype(np.float64)
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        raise DataError(f"scores contain {int(bad.sum())} NaN/inf values (e.g. at ids "
+                        f"{np.flatnonzero(bad)[:5].tolist()}); recompute them with `kdprune score`")
+    return scores
 
 
 def prune(scores=None, fraction: float = 1.0, *, mode: str = "random", labels=None,
           class_balanced: bool = False, seed: int = 0, dataset_fingerprint: str | None = None,
-          method: str | None = None) -> IndexSet:
+          method: str | None = None, beta: float | None = None, strata: int = 50) -> IndexSet:
     """Keep ``round(fraction * N)`` ids.
 
     ``mode``: ``"random"`` (seeded; ``scores`` may be None, N from ``labels``), ``"hardest"`` (highest
     scores: scores are oriented so that higher means harder), ``"easiest"`` (lowest), or ``"ccs"``
-    (coverage-centric stratified sampling, :func:`kdprune.scores.ccs.ccs_select`).
-    ``class_balanced`` keeps each class's share equal (within one).
+    (coverage-centric stratified sampling, :func:`kdprune.scores.ccs.ccs_select`, with hard cut-off
+    ``beta`` and ``strata`` bins). ``class_balanced`` keeps each class's share equal (within one).
+    Ties between equal scores are broken by a seeded random key, never by id.
     """
     fraction = check_fraction(fraction)
     if scores is None and labels is None:
         raise ConfigError("prune needs scores, or labels for random pruning (to know N)")
     if scores is not None:
-        scores = np.asarray(scores, dtype=np.float64)
-        if scores.ndim != 1:
-            raise DataError(f"scores must be 1-D [N], got shape {scores.shape}")
-        if np.isnan(scores).any():
-            bad = np.flatnonzero(np.isnan(scores))[:5]
-            raise DataError(f"scores contain NaN (e.g. at ids {bad.tolist()}); recompute them")
+        scores = _check_prune_scores(scores)
     n = len(scores) if scores is not None else len(labels)
     if labels is not None:
         labels = np.asarray(labels, dtype=np.int64)
-        if len(labels) != n:
-            raise DataError(f"{n} scores but {len(labels)} labels")
+        if labels.shape != (n,):
+            raise DataError(f"{n} scores but labels of shape {labels.shape}")
     if class_balanced and labels is None:
         raise ConfigError("class_balanced pruning needs labels")
     k = int(round(fraction * n))
+    if k == 0:
+        raise ConfigError(f"keep fraction {fraction} of {n} samples keeps none; use a larger fraction")
+    if mode != "random" and scores is None:
+        raise ConfigError(f"mode {mode!r} needs scores; use mode='random' without scores")
     rng = np.random.default_rng(seed)
+    extra = {}
     if mode == "random":
         order = rng.permutation(n)
     elif mode in ("hardest", "easiest"):
-        if scores is None:
-            raise ConfigError(f"mode {mode!r} needs scores; use mode='random' without scores")
         tie = rng.random(n)  # seeded tie-break, so equal scores do not favour low ids
-        keys = (-scores, tie) if mode == "hardest" else (scores, tie)
-        order = np.lexsort(keys[::-1])
+        order = np.lexsort((tie, -scores if mode == "hardest" else scores))
     elif mode == "ccs":
-        from kdprune.scores.ccs import ccs_select
-        if scores is None:
-            raise ConfigError("mode 'ccs' needs scores")
-        ids = ccs_select(scores, k, labels=labels if class_balanced else None, seed=seed)
-        order, class_balanced = ids, False
+        from kdprune.scores.ccs import beta_for_fraction, ccs_select
+        beta = beta_for_fraction(k / n) if beta is None else float(beta)
+        order = ccs_select(scores, k, labels=labels if class_balanced else None, seed=seed, beta=beta,
+                           strata=strata)
+        extra = {"beta": beta, "strata": int(strata)}
     else:
         raise ConfigError(f"unknown prune mode {mode!r}; use random, hardest, easiest or ccs")
-    ids = _class_balanced_take(order, labels, k) if class_balanced else order[:k]
+    if class_balanced and mode != "ccs":  # ccs balances classes itself
+        ids = _class_balanced_take(order, labels, k)
+    else:
+        ids = order[:k]
     meta = {"method": method or mode, "mode": mode, "fraction": fraction, "seed": seed,
             "class_balanced": bool(class_balanced), "num_samples": n,
-            "dataset_fingerprint": dataset_fingerprint}
+            "dataset_fingerprint": dataset_fingerprint, **extra}
     return IndexSet(ids, meta)
