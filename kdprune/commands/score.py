@@ -1,0 +1,51 @@
+"""`kdprune score`: compute one pruning score per training sample and write it as STEM.npy + STEM.json."""
+from kdprune.commands.common import add_data_args
+
+METHODS = ("el2n", "grand", "grand-last", "forgetting", "aum", "prototypes", "random",
+           "teacher-el2n", "teacher-entropy", "teacher-margin")  # = kdprune.scores.METHODS, kept light here
+
+
+def register(sub):
+    p = sub.add_parser("score", help="compute per-sample pruning scores (higher = harder)",
+                       description="Compute a pruning score for every training sample and write "
+                                   "STEM.npy (float32[N], higher = harder) and STEM.json (provenance).")
+    add_data_args(p)
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--out", required=True, metavar="STEM", help="output path without extension")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs per seed (default per method: el2n 2, forgetting/aum 5, "
+                        "grand 0 = at init, prototypes 1)")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds to average (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (seeds are SEED..SEED+K-1)")
+    p.add_argument("--model", default="cnn")
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--store", default=None, help="teacher store directory (teacher-* methods)")
+    p.add_argument("--k", type=int, default=None, help="prototypes: k-means clusters (default: classes)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    import numpy as np
+
+    from kdprune.commands.common import load_from_args
+    from kdprune.errors import ConfigError
+    from kdprune.scores import compute_score, save_scores
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    ds = load_from_args(args)
+    result = compute_score(args.method, ds, epochs=args.epochs, seeds=range(args.seed, args.seed + args.seeds),
+                           model=args.model, width=args.width, batch_size=args.batch_size, lr=args.lr,
+                           optimizer=args.optimizer, device=args.device, store=args.store, k=args.k,
+                           progress=not args.no_progress)
+    save_scores(args.out, result.scores, result.meta)
+    s = result.scores
+    q = np.quantile(s, [0.0, 0.5, 1.0])
+    print(f"{args.method}: {len(s)} scores (min {q[0]:.4g}, median {q[1]:.4g}, max {q[2]:.4g}) in "
+          f"{result.meta['wall_time_s']:.1f}s -> {args.out}.npy, {args.out}.json")
+    return 0
