@@ -16,17 +16,37 @@ from torch import nn
 from kdprune.errors import ConfigError
 
 
+NORMS = ("batch", "group", "none")
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """``batch`` (BatchNorm2d), ``group`` (GroupNorm, per sample: exact under DDP without SyncBN) or
+    ``none``."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(next(g for g in (8, 4, 2, 1) if channels % g == 0), channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ConfigError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
+
+
+def conv(cin: int, cout: int, k: int, stride: int, norm: str) -> nn.Conv2d:
+    # a bias is redundant before a normalisation layer, needed without one
+    return nn.Conv2d(cin, cout, k, stride, k // 2, bias=norm == "none")
+
+
 class SmallCNN(nn.Module):
     """A compact CNN: two conv blocks of ``width`` and ``2*width`` channels, then a linear head."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32, norm: str = "batch"):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-            nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+            conv(in_channels, w, 3, 1, norm), norm_layer(norm, w), nn.ReLU(inplace=True),
+            conv(w, w, 3, 1, norm), norm_layer(norm, w), nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
+            conv(w, 2 * w, 3, 1, norm), norm_layer(norm, 2 * w), nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
@@ -41,15 +61,15 @@ class SmallCNN(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int, norm: str = "batch"):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv1 = conv(cin, cout, 3, stride, norm)
+        self.bn1 = norm_layer(norm, cout)
+        self.conv2 = conv(cout, cout, 3, 1, norm)
+        self.bn2 = norm_layer(norm, cout)
         self.short = nn.Sequential()
         if stride != 1 or cin != cout:
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.short = nn.Sequential(conv(cin, cout, 1, stride, norm), norm_layer(norm, cout))
 
     def forward(self, x):
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -59,17 +79,18 @@ class BasicBlock(nn.Module):
 class ResNetCifar(nn.Module):
     """CIFAR-style ResNet (He et al. 2016): depth = 6n + 2, three stages of ``width * (1, 2, 4)``."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, depth: int = 20, width: int = 16):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, depth: int = 20, width: int = 16,
+                 norm: str = "batch"):
         super().__init__()
         if (depth - 2) % 6:
             raise ConfigError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56), got {depth}")
         n = (depth - 2) // 6
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+        self.stem = nn.Sequential(conv(in_channels, width, 3, 1, norm), norm_layer(norm, width),
                                   nn.ReLU(inplace=True))
         layers, cin = [], width
         for i, cout in enumerate((width, 2 * width, 4 * width)):
             for j in range(n):
-                layers.append(BasicBlock(cin, cout, 2 if (j == 0 and i > 0) else 1))
+                layers.append(BasicBlock(cin, cout, 2 if (j == 0 and i > 0) else 1, norm))
                 cin = cout
         self.layers = nn.Sequential(*layers)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -90,6 +111,12 @@ MODELS = {
 }
 
 
+def model_kwargs(name: str, width: int, norm: str = "batch") -> dict:
+    """The keyword arguments a TrainConfig's ``width``/``norm`` give model ``name`` (kdprune's own models
+    take both; torchvision/timm models take their library's defaults)."""
+    return {"width": width, "norm": norm} if name in MODELS else {}
+
+
 def build_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.Module:
     """Build a model by name: one of :data:`MODELS`, or ``torchvision:NAME`` / ``timm:NAME``."""
     if name.startswith("torchvision:"):
@@ -97,7 +124,12 @@ def build_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.M
             import torchvision
         except Exception as err:  # a CUDA torchvision wheel fails to load against a CPU torch
             raise ConfigError(f"--model {name} needs a torchvision that loads with this torch ({err})") from err
-        return torchvision.models.get_model(name.split(":", 1)[1], num_classes=num_classes, **kwargs)
+        if in_channels != 3:
+            raise ConfigError(f"--model {name} takes RGB input, but the dataset has {in_channels} channel(s)")
+        arch = name.split(":", 1)[1]
+        if arch not in torchvision.models.list_models():
+            raise ConfigError(f"torchvision has no model {arch!r}; e.g. torchvision:resnet50, torchvision:resnet18")
+        return torchvision.models.get_model(arch, num_classes=num_classes, **kwargs)
     if name.startswith("timm:"):
         try:
             import timm

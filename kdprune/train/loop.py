@@ -1,108 +1,343 @@
-"""The training loop: one epoch of (model, loader, teacher, KDLoss) steps, and evaluation.
+"""The training loop: (model, loader, teacher, KDLoss) steps with mixed precision, gradient accumulation,
+EMA, DDP, resumable checkpoints and JSONL metrics; plus evaluation.
 
 Callbacks see every step's detached outputs, so scores (EL2N, forgetting, AUM) are collected while
 training, without a second forward pass. A callback may define ``on_batch(epoch, ids, logits, labels,
-out)`` and ``on_epoch_end(epoch)``.
+out)`` (called once per micro-batch, ``out`` the loss's KDOutput) and ``on_epoch_end(epoch)``.
+
+Nothing in a step reads a value back to the host: the running loss/accuracy sums and the EL2N table
+live on the device and are reduced once per epoch (and at the ``log_every`` step records).
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
+import math
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
 
 from kdprune.errors import ConfigError
+from kdprune.train import checkpoint as ckpt
+from kdprune.train import distributed as dist
+from kdprune.train.config import TrainConfig
+from kdprune.train.ema import ModelEMA
+from kdprune.train.optim import make_optimizer, make_scheduler, one_cycle  # noqa: F401 (re-exported)
+from kdprune.train.scoretable import ScoreTable
+from kdprune.train.timing import StepTimer
+
+METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
 class History:
-    """Per-epoch records of a run plus its totals."""
+    """Per-epoch records of a run plus its totals (``samples_seen`` summed over ranks)."""
 
     epochs: list = field(default_factory=list)
     samples_seen: int = 0
     wall_time_s: float = 0.0
+    timing: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"epochs": self.epochs, "samples_seen": self.samples_seen, "wall_time_s": self.wall_time_s}
 
 
-def make_optimizer(model, name: str, lr: float, weight_decay: float, momentum: float = 0.9):
-    params = [p for p in model.parameters() if p.requires_grad]
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    raise ConfigError(f"unknown optimizer {name!r}; use sgd or adamw")
-
-
-def one_cycle(optimizer, total_steps: int, lr: float):
-    """Linear warm-up over the first 15% of steps, then cosine decay to zero. Sized in steps, so a
-    pruned epoch (fewer steps) gets the whole schedule too."""
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(total_steps, 1),
-                                               pct_start=0.15, anneal_strategy="cos",
-                                               cycle_momentum=False, div_factor=10.0, final_div_factor=1e3)
+def autocast(device: torch.device, amp: str):
+    """The autocast context for ``amp`` (``none`` | ``bf16`` | ``fp16``) on ``device``."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 @torch.no_grad()
-def evaluate(model, loader, device="cpu") -> dict:
-    """Top-1 accuracy and mean cross-entropy of ``model`` over ``loader``."""
+def evaluate(model, loader, device="cpu", *, amp: str = "none", channels_last: bool = False,
+             reduce: bool = True) -> dict:
+    """Top-1 accuracy and mean cross-entropy of ``model`` over ``loader``; under DDP (``reduce``)
+    each rank passes its own shard and the sums are added over ranks."""
+    device = torch.device(device)
+    was_training = model.training
     model.eval()
-    correct = total = 0
-    loss = torch.zeros((), dtype=torch.float64)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # correct, loss sum, count
     for batch in loader:
-        logits = model(batch.x.to(device))
-        y = batch.y.to(device)
-        correct += int((logits.argmax(1) == y).sum())
-        loss += torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum").double().cpu()
-        total += len(y)
-    return {"accuracy": correct / max(total, 1), "loss": float(loss) / max(total, 1), "samples": total}
+        x = batch.x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = batch.y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(x)
+        sums[0] += (logits.argmax(1) == y).sum()
+        sums[1] += torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
+        sums[2] += len(y)
+    if reduce:
+        dist.all_reduce_sum(sums)
+    correct, loss, total = sums.tolist()
+    model.train(was_training)
+    return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1), "samples": int(total)}
 
 
-def fit(model, loader, *, epochs: int, lr: float, loss_fn, teacher=None, optimizer: str = "sgd",
-        weight_decay: float = 5e-4, callbacks=(), device="cpu", eval_loader=None, progress: bool = True,
-        desc: str = "train") -> History:
-    """Train ``model`` on ``loader`` for ``epochs`` with ``loss_fn`` (a :class:`kdprune.KDLoss`);
-    ``teacher`` (a StoredTeacher or OnlineTeacher) supplies teacher logits, or None for CE only
-    (then the loss must have alpha = 0)."""
-    if epochs < 1:
-        raise ConfigError(f"epochs must be >= 1, got {epochs}")
-    if teacher is None and getattr(loss_fn, "alpha", 0) not in (0, 0.0):
-        raise ConfigError("a KD loss with alpha > 0 needs a teacher (a store or a module)")
-    model.to(device)
-    opt = make_optimizer(model, optimizer, lr, weight_decay)
-    sched = one_cycle(opt, epochs * len(loader), lr)
-    history = History()
-    start = time.perf_counter()
-    for epoch in range(epochs):
-        loader.set_epoch(epoch)
-        model.train()
-        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for batch in bar:
-            logits = model(batch.x)
-            t_logits = teacher(batch, epoch) if teacher is not None else logits.detach()
-            out = loss_fn(logits, t_logits, batch.y)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            opt.step()
-            sched.step()
+class Trainer:
+    """Trains ``model`` on ``loader`` with ``loss_fn`` (a :class:`kdprune.KDLoss`) under ``cfg``.
+
+    ``teacher`` (a StoredTeacher or OnlineTeacher) supplies teacher logits, or None for CE only (then
+    the loss must have alpha = 0). ``num_samples`` (the dataset size) turns on the EL2N score table.
+    With ``out_dir``, rank 0 writes ``metrics.jsonl`` and ``checkpoint.pt`` there; :meth:`fit` with
+    ``resume=True`` continues from that checkpoint (or starts fresh when there is none).
+    """
+
+    def __init__(self, model, loader, loss_fn, cfg: TrainConfig, *, teacher=None, eval_loader=None,
+                 callbacks=(), out_dir: str | None = None, progress: bool = True, desc: str = "train",
+                 num_samples: int | None = None, timing: bool = False, device=None):
+        cfg.validate()
+        if teacher is None and getattr(loss_fn, "alpha", 0) not in (0, 0.0):
+            raise ConfigError("a KD loss with alpha > 0 needs a teacher (a store or a module)")
+        if len(loader) < 1:
+            raise ConfigError("the training loader is empty (fewer kept samples than one batch with drop_last?)")
+        self.cfg, self.loader, self.loss_fn, self.teacher = cfg, loader, loss_fn, teacher
+        self.eval_loader, self.callbacks, self.out_dir = eval_loader, list(callbacks), out_dir
+        self.progress, self.desc = progress, desc
+        self.device = torch.device(device if device is not None else cfg.device)
+        self.rank, self.world, self.main = dist.rank(), dist.world_size(), dist.is_main()
+        model.to(self.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if cfg.sync_bn and self.world > 1:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model  # the bare module: state dicts, EMA and evaluation use it
+        self.ddp = dist.wrap(model, self.device)
+        self.net = self.ddp
+        if cfg.compile:
+            self.net = torch.compile(self.ddp, backend="inductor" if cfg.compile is True else cfg.compile)
+        self.ema = ModelEMA(model, cfg.ema) if cfg.ema > 0 else None
+        self.opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        self.steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
+        self.sched = make_scheduler(self.opt, cfg.schedule, cfg.epochs * self.steps_per_epoch, cfg.lr,
+                                    warmup=cfg.warmup, milestones=cfg.milestones, gamma=cfg.gamma)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        self.scores = ScoreTable(num_samples, self.device) if num_samples else None
+        self.timer = StepTimer(timing, self.device)
+        self.totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
+        self.history = History()
+        self.epoch = self.step_in_epoch = self.step = 0
+        self.elapsed = 0.0
+
+    # ------------------------------------------------------------------ the run
+    def fit(self, resume: bool = False) -> History:
+        """Train to the end of ``cfg.epochs`` (from the checkpoint when ``resume``); returns the History."""
+        if resume:
+            self.restore()
+        start = time.perf_counter() - self.elapsed
+        for epoch in range(self.epoch, self.cfg.epochs):
+            self.epoch = epoch
+            self._train_epoch(epoch)
+            self._end_epoch(epoch, start)
+            self.epoch, self.step_in_epoch = epoch + 1, 0
+            self.elapsed = time.perf_counter() - start
+            if self.out_dir:
+                self.save()
+        self.history.wall_time_s = time.perf_counter() - start
+        self.history.timing = self.timer.summary()
+        return self.history
+
+    def _train_epoch(self, epoch: int) -> None:
+        cfg, accum = self.cfg, self.cfg.grad_accum
+        self.loader.set_epoch(epoch)
+        self.net.train()
+        n_micro = len(self.loader)
+        micro = self.step_in_epoch * accum
+        # resuming mid-epoch: the order is a pure function of (seed, epoch), so skipping the batches
+        # already trained on puts the loader exactly where the killed run was
+        batches = itertools.islice(iter(self.loader), micro, None) if micro else iter(self.loader)
+        bar = tqdm(total=n_micro, initial=micro, desc=f"{self.desc} {epoch + 1}/{cfg.epochs}",
+                   disable=not (self.progress and self.main), leave=False)
+        self.timer.start()
+        for batch in batches:
+            self.timer.mark("data")
+            group_start = micro - micro % accum
+            group = min(accum, n_micro - group_start)
+            last = micro + 1 == group_start + group
+            out, logits = self._micro_step(batch, epoch, group, last)
             with torch.no_grad():
-                totals += torch.stack([out.loss.detach().double().cpu() * len(batch.y),
-                                       (logits.argmax(1) == batch.y).sum().double().cpu(),
-                                       torch.tensor(float(len(batch.y)), dtype=torch.float64)])
-            for cb in callbacks:
+                self.totals[0] += out.loss.detach().double() * len(batch.y)
+                self.totals[1] += (logits.argmax(1) == batch.y).sum()
+                self.totals[2] += len(batch.y)
+            if self.scores is not None:
+                self.scores.add(batch.ids, out.el2n)
+            for cb in self.callbacks:
                 if hasattr(cb, "on_batch"):
                     cb.on_batch(epoch, batch.ids, logits.detach(), batch.y, out)
-        for cb in callbacks:
+            micro += 1
+            bar.update(1)
+            if last:
+                self.step_in_epoch += 1
+                self._after_step(epoch, micro < n_micro)
+            self.timer.start()
+        bar.close()
+
+    def _micro_step(self, batch, epoch: int, group: int, last: bool):
+        cfg = self.cfg
+        x = batch.x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else batch.x
+        with autocast(self.device, cfg.amp):
+            t_logits = self.teacher(batch._replace(x=x), epoch) if self.teacher is not None else None
+        self.timer.mark("teacher")
+        # between optimizer steps DDP must not all-reduce: gradients accumulate locally
+        no_sync = self.ddp.no_sync() if (self.ddp is not self.model and not last) else contextlib.nullcontext()
+        with no_sync:
+            with autocast(self.device, cfg.amp):
+                logits = self.net(x)
+            self.timer.mark("forward")
+            out = self.loss_fn(logits, t_logits if t_logits is not None else logits.detach(), batch.y)
+            self.timer.mark("loss")
+            loss = out.loss / group if group > 1 else out.loss
+            self.scaler.scale(loss).backward()
+        if last:
+            self._optimizer_step()
+        self.timer.mark("backward_step")
+        return out, logits
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.max_grad_norm > 0:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+
+    def _after_step(self, epoch: int, mid_epoch: bool) -> None:
+        cfg = self.cfg
+        if cfg.log_every and self.step % cfg.log_every == 0:
+            t = self.totals.tolist()  # rank-local running means: one sync every log_every steps
+            self._log({"kind": "step", "epoch": epoch, "step": self.step, "lr": self.sched.get_last_lr()[0],
+                       "train_loss": t[0] / max(t[2], 1), "train_accuracy": t[1] / max(t[2], 1)})
+        if self.out_dir and mid_epoch and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            self.save()
+
+    def _end_epoch(self, epoch: int, start: float) -> None:
+        for cb in self.callbacks:
             if hasattr(cb, "on_epoch_end"):
                 cb.on_epoch_end(epoch)
-        record = {"epoch": epoch, "train_loss": float(totals[0] / totals[2]),
-                  "train_accuracy": float(totals[1] / totals[2]), "samples": int(totals[2]),
-                  "time_s": time.perf_counter() - start}
-        if eval_loader is not None:
-            record.update({f"test_{k}": v for k, v in evaluate(model, eval_loader, device).items()})
-        history.epochs.append(record)
-        history.samples_seen += int(totals[2])
-    history.wall_time_s = time.perf_counter() - start
-    return history
+        loss_sum, correct, count = dist.all_reduce_sum(self.totals.clone()).tolist()
+        self.totals.zero_()
+        record = {"kind": "epoch", "epoch": epoch, "step": self.step, "lr": self.sched.get_last_lr()[0],
+                  "train_loss": loss_sum / max(count, 1), "train_accuracy": correct / max(count, 1),
+                  "samples": int(count), "time_s": time.perf_counter() - start}
+        if self.scores is not None:
+            row = self.scores.end_epoch()
+            seen = row[~torch.from_numpy(row).isnan().numpy()]
+            record["el2n_mean"] = float(seen.mean()) if seen.size else float("nan")
+        last = epoch + 1 == self.cfg.epochs
+        if self.eval_loader is not None and (last or (self.cfg.eval_every and (epoch + 1) % self.cfg.eval_every == 0)):
+            model = self.ema.module if self.ema is not None else self.model
+            res = evaluate(model, self.eval_loader, self.device, amp=self.cfg.amp,
+                           channels_last=self.cfg.channels_last)
+            record.update({f"test_{k}": v for k, v in res.items()})
+        self.history.epochs.append(record)
+        self.history.samples_seen += int(count)
+        self._log(record)
+
+    def _log(self, record: dict) -> None:
+        if self.out_dir and self.main:
+            os.makedirs(self.out_dir, exist_ok=True)
+            with open(os.path.join(self.out_dir, METRICS_FILE), "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.out_dir, ckpt.FILENAME)
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue the run bit for bit. Collective: every rank must call it."""
+        return {
+            "config": self.cfg.as_dict(), "world": self.world, "steps_per_epoch": self.steps_per_epoch,
+            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "step": self.step,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
+            "rng": dist.all_gather_objects(ckpt.rng_state()),
+            "totals": dist.all_reduce_sum(self.totals.clone()).cpu(),
+            "scores": self.scores.state_dict() if self.scores is not None else None,
+            "history": self.history.epochs, "samples_seen": self.history.samples_seen,
+            "elapsed": self.elapsed,
+        }
+
+    def save(self) -> None:
+        """Write the checkpoint (rank 0 writes; every rank takes part in gathering the state)."""
+        state = self.state_dict()
+        if self.main:
+            ckpt.save(self.checkpoint_path, state)
+        dist.barrier()
+
+    def restore(self) -> bool:
+        """Load ``out_dir/checkpoint.pt`` if it exists; returns whether it did."""
+        if not self.out_dir:
+            raise ConfigError("resume needs an output directory holding the checkpoint (--out DIR)")
+        if not os.path.exists(self.checkpoint_path):
+            return False
+        state = ckpt.load(self.checkpoint_path)
+        ckpt.check_config(state["config"], self.cfg.as_dict(), self.checkpoint_path)
+        if state["steps_per_epoch"] != self.steps_per_epoch:
+            raise ConfigError(f"{self.checkpoint_path}: {state['steps_per_epoch']} steps per epoch, but this "
+                              f"loader gives {self.steps_per_epoch}; resume on the same subset and batch size")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.epoch, self.step_in_epoch, self.step = state["epoch"], state["step_in_epoch"], state["step"]
+        ckpt.set_rng_state(state["rng"][self.rank % len(state["rng"])])
+        self.totals.copy_(state["totals"] if self.main else torch.zeros(3, dtype=torch.float64))
+        if self.scores is not None and state["scores"] is not None:
+            self.scores.load_state_dict(state["scores"], self.main)
+        self.history.epochs = list(state["history"])
+        self.history.samples_seen = state["samples_seen"]
+        self.elapsed = state["elapsed"]
+        if self.main:
+            self._truncate_log()
+        return True
+
+    def _truncate_log(self) -> None:
+        """Drop JSONL records written after the checkpoint (the resumed run writes them again)."""
+        path = os.path.join(self.out_dir, METRICS_FILE)
+        if not os.path.exists(path):
+            return
+        records = []
+        with open(path) as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:  # a line torn by the kill
+                    pass
+        keep = [r for r in records if r.get("step", 0) <= self.step
+                and not (r.get("kind") == "epoch" and r["epoch"] >= self.epoch)]
+        with open(path + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in keep)
+        os.replace(path + ".tmp", path)
+
+
+def fit(model, loader, *, loss_fn, epochs: int | None = None, lr: float | None = None, teacher=None,
+        optimizer: str | None = None, weight_decay: float | None = None, callbacks=(), device=None,
+        eval_loader=None, progress: bool = True, desc: str = "train", config: TrainConfig | None = None,
+        out_dir: str | None = None, resume: bool = False, num_samples: int | None = None,
+        timing: bool = False, **options) -> History:
+    """Train ``model`` on ``loader`` with ``loss_fn`` (a :class:`kdprune.KDLoss`); a functional front to
+    :class:`Trainer`. ``config`` (a TrainConfig) gives every option; the keywords ``epochs``, ``lr``,
+    ``optimizer``, ``weight_decay``, ``device`` and any other TrainConfig field in ``options``
+    override it."""
+    cfg = config or TrainConfig()
+    given = {"epochs": epochs, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
+             "device": None if device is None else str(device)}
+    cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None}, **options)
+    if cfg.epochs < 1:
+        raise ConfigError(f"epochs must be >= 1, got {cfg.epochs}")
+    trainer = Trainer(model, loader, loss_fn, cfg, teacher=teacher, eval_loader=eval_loader, callbacks=callbacks,
+                      out_dir=out_dir, progress=progress, desc=desc, num_samples=num_samples, timing=timing)
+    return trainer.fit(resume=resume)

@@ -1,7 +1,8 @@
 """One complete training run from a :class:`TrainConfig`: model, loaders, teacher, loss, fit, evaluate.
 
 The CLI (`kdprune teacher`, `kdprune train`), the demo pipeline and the reproduction all call
-:func:`train_run`, so a run means the same thing wherever it is started from.
+:func:`train_run`, so a run means the same thing wherever it is started from. Under torchrun it joins
+the process group itself; every check of the inputs happens before the first step.
 """
 from __future__ import annotations
 
@@ -14,66 +15,137 @@ import torch
 
 from kdprune.data import Augment
 from kdprune.errors import ConfigError
+from kdprune.train import distributed as dist
 from kdprune.train.config import TrainConfig
-from kdprune.train.loop import evaluate, fit
-from kdprune.train.teacher import StoredTeacher
+from kdprune.train.loop import Trainer
+from kdprune.train.teacher import OnlineTeacher, StoredTeacher
 
 
-def _loaders(cfg: TrainConfig, train_set, test_set, ids, store):
+def _loaders(cfg: TrainConfig, train_set, test_set, ids, store, device, per_rank_batch: int):
     from kdprune.loaders import build
 
+    out_size = (cfg.image_size, cfg.image_size) if cfg.image_size else None
     augment, views = None, None
     if store is not None and store.meta.get("augment"):
         augment, views = Augment.from_dict(store.meta["augment"]), store.views  # replay the teacher's views
     elif cfg.augment:
-        augment = Augment(seed=cfg.seed)
-    train = build("torch", train_set, ids, batch_size=cfg.batch_size, train=True, seed=cfg.seed,
-                  device=cfg.device, augment=augment, views=views)
-    test = build("torch", test_set, np.arange(len(test_set)), batch_size=512, train=False, device=cfg.device)
+        augment = Augment(seed=cfg.seed, out_size=out_size)
+    train = build(cfg.loader, train_set, ids, batch_size=per_rank_batch, train=True, seed=cfg.seed,
+                  device=device, augment=augment, views=views)
+    # evaluation: each rank takes every world-th test sample, unpadded, and the sums are reduced
+    test_ids = np.arange(len(test_set))[dist.rank()::dist.world_size()]
+    test = build(cfg.loader, test_set, test_ids, batch_size=cfg.eval_batch_size, train=False, device=device,
+                 distributed=False) if len(test_ids) else []
     return train, test
 
 
+def _resolve_alpha(cfg: TrainConfig, fraction: float) -> float:
+    if cfg.alpha == "auto":
+        from kdprune.loss import alpha_for_fraction
+        return float(alpha_for_fraction(fraction))
+    return float(cfg.alpha)
+
+
+def _teacher(cfg: TrainConfig, alpha: float, store, teacher_model, train_set, device):
+    """The teacher source for ``cfg.teacher``, checked against the dataset before training starts."""
+    if alpha == 0:
+        return None
+    if cfg.teacher == "store":
+        if store is None:
+            raise ConfigError(f"alpha={alpha} distils from a teacher: pass a teacher store (--store DIR, "
+                              "made by `kdprune logits`) or use teacher='online' with a teacher model")
+        return StoredTeacher(store, train_set.fingerprint, len(train_set), train_set.num_classes)
+    if teacher_model is None:
+        raise ConfigError("teacher='online' needs a teacher model (--teacher-model PATH from `kdprune teacher`)")
+    if isinstance(teacher_model, str):
+        from kdprune.models import load_model
+        teacher_model = load_model(teacher_model)
+    teacher_model.to(device)
+    if cfg.channels_last:
+        teacher_model.to(memory_format=torch.channels_last)
+    h, w, c = train_set.image_shape
+    side = cfg.image_size or None
+    with torch.no_grad():  # one probe sample: a teacher with the wrong head fails now, not mid-epoch
+        probe = teacher_model.eval()(torch.zeros(1, c, side or h, side or w, device=device))
+    if probe.shape[-1] != train_set.num_classes:
+        raise ConfigError(f"the teacher model outputs {probe.shape[-1]} classes but the dataset has "
+                          f"{train_set.num_classes}; train the teacher on this dataset")
+    return OnlineTeacher(teacher_model)
+
+
 def train_run(cfg: TrainConfig, train_set, test_set, ids=None, *, store=None, keep_fraction: float | None = None,
-              out_dir: str | None = None, callbacks=(), progress: bool = True, desc: str = "train") -> tuple:
+              out_dir: str | None = None, callbacks=(), progress: bool = True, desc: str = "train",
+              teacher_model=None, resume: bool = False, timing: bool = False) -> tuple:
     """Train a fresh model on ``ids`` of ``train_set`` (all when None) and evaluate on ``test_set``.
 
-    ``store`` (a TeacherStore) turns on distillation for ``cfg.alpha > 0``. Returns ``(model, metrics)``;
-    with ``out_dir`` also writes ``model.pt`` (+ ``.json``) and ``metrics.json`` there.
+    ``store`` (a TeacherStore) turns on distillation for ``cfg.alpha > 0`` (``cfg.teacher="store"``);
+    with ``cfg.teacher="online"``, ``teacher_model`` (a module or a saved model path) runs on each batch.
+    Returns ``(model, metrics)`` (the EMA weights when ``cfg.ema`` > 0). With ``out_dir``, rank 0
+    writes ``model.pt`` (+ ``.json``), ``metrics.json``, ``metrics.jsonl``, ``checkpoint.pt`` and the
+    EMA-of-training score table ``el2n.npy`` (+ ``.json``, and ``el2n_epochs.npy`` one row per epoch);
+    ``resume=True`` continues from ``out_dir/checkpoint.pt`` when there is one.
     """
     from kdprune.loss import KDLoss
-    from kdprune.models import build_model, save_model
+    from kdprune.models import build_model, model_kwargs, save_model
 
     cfg.validate()
+    device = dist.setup(cfg.device)
+    per_rank_batch = cfg.per_rank_batch(dist.world_size())
     ids = np.arange(len(train_set)) if ids is None else np.asarray(getattr(ids, "ids", ids))
     fraction = keep_fraction if keep_fraction is not None else len(ids) / len(train_set)
-    alpha = cfg.alpha
-    if alpha == "auto":
-        from kdprune.loss import alpha_for_fraction
-        alpha = float(alpha_for_fraction(fraction))
-    if alpha > 0 and store is None:
-        raise ConfigError(f"alpha={alpha} distils from a teacher: pass a teacher store (kdprune logits)")
-    torch.manual_seed(cfg.seed)
+    alpha = _resolve_alpha(cfg, fraction)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     h, w, c = train_set.image_shape
-    model = build_model(cfg.model, train_set.num_classes, c, width=cfg.width)
-    teacher = StoredTeacher(store, train_set.fingerprint, len(train_set)) if alpha > 0 else None
-    loss_fn = KDLoss(alpha=alpha, temperature=cfg.temperature)
-    train_loader, test_loader = _loaders(cfg, train_set, test_set, ids, store if alpha > 0 else None)
+    kwargs = model_kwargs(cfg.model, cfg.width, cfg.norm)
+    model = build_model(cfg.model, train_set.num_classes, c, **kwargs)
+    teacher = _teacher(cfg, alpha, store, teacher_model, train_set, device)
+    loss_fn = KDLoss(alpha=alpha, temperature=cfg.temperature, label_smoothing=cfg.label_smoothing,
+                     backend=cfg.loss_backend)
+    replay = store if (alpha > 0 and cfg.teacher == "store") else None
+    train_loader, test_loader = _loaders(cfg, train_set, test_set, ids, replay, device, per_rank_batch)
+    run_cfg = TrainConfig.from_dict({**cfg.as_dict(), "device": str(device)})
     t0 = time.perf_counter()
-    history = fit(model, train_loader, epochs=cfg.epochs, lr=cfg.lr, loss_fn=loss_fn, teacher=teacher,
-                  optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, callbacks=callbacks,
-                  device=cfg.device, progress=progress, desc=desc)
-    test = evaluate(model, test_loader, cfg.device)
+    trainer = Trainer(model, train_loader, loss_fn, run_cfg, teacher=teacher, eval_loader=test_loader,
+                      callbacks=callbacks, out_dir=out_dir, progress=progress, desc=desc,
+                      num_samples=len(train_set), timing=timing)
+    history = trainer.fit(resume=resume)
+    final = trainer.ema.module if trainer.ema is not None else trainer.model
+    last = history.epochs[-1] if history.epochs else {}
     metrics = {"config": {**cfg.as_dict(), "alpha": alpha}, "keep_fraction": fraction, "kept": int(len(ids)),
-               "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+               "test_accuracy": last.get("test_accuracy", float("nan")),
+               "test_loss": last.get("test_loss", float("nan")),
                "samples_seen": history.samples_seen, "wall_time_s": time.perf_counter() - t0,
-               "history": history.epochs}
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        spec = {"name": cfg.model, "num_classes": train_set.num_classes, "in_channels": c,
-                "kwargs": {"width": cfg.width}, "dataset_fingerprint": train_set.fingerprint}
-        save_model(os.path.join(out_dir, "model.pt"), model, spec)
-        tmp = os.path.join(out_dir, "metrics.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(metrics, f, indent=2)
-        os.replace(tmp, os.path.join(out_dir, "metrics.json"))
-    return model, metrics
+               "world_size": dist.world_size(), "steps": trainer.step, "history": history.epochs}
+    if history.timing:
+        metrics["timing"] = history.timing
+    if out_dir and dist.is_main():
+        spec = {"name": cfg.model, "num_classes": train_set.num_classes, "in_channels": c, "kwargs": kwargs,
+                "dataset_fingerprint": train_set.fingerprint, "ema": cfg.ema > 0}
+        save_model(os.path.join(out_dir, "model.pt"), final, spec)
+        _save_scores(out_dir, trainer.scores, train_set, fraction)
+        _write_json(os.path.join(out_dir, "metrics.json"), metrics)
+    dist.barrier()
+    return final, metrics
+
+
+def _save_scores(out_dir: str, table, train_set, fraction: float) -> None:
+    """``el2n.npy`` (float32 [N], NaN outside the subset) + ``el2n.json``, and ``el2n_epochs.npy``."""
+    if table is None:
+        return
+    for name, arr in (("el2n_epochs.npy", table.rows()), ("el2n.npy", table.score())):
+        tmp = os.path.join(out_dir, name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+        os.replace(tmp, os.path.join(out_dir, name))
+    _write_json(os.path.join(out_dir, "el2n.json"),
+                {"method": "el2n", "source": "training", "epochs": int(len(table.rows())),
+                 "orientation": "higher = harder", "num_samples": len(train_set),
+                 "dataset_fingerprint": train_set.fingerprint, "keep_fraction": fraction,
+                 "note": "mean over epochs of each sample's EL2N at its training steps; NaN = not trained on"})
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)

@@ -10,7 +10,8 @@ class StoredTeacher:
     """Teacher logits gathered by sample id from a store; epoch ``e`` reads view ``e % views``, the
     view whose augmentation the loader replays for that epoch."""
 
-    def __init__(self, store, dataset_fingerprint: str | None = None, num_samples: int | None = None):
+    def __init__(self, store, dataset_fingerprint: str | None = None, num_samples: int | None = None,
+                 num_classes: int | None = None):
         fp = store.meta.get("dataset_fingerprint")
         if dataset_fingerprint and fp and fp != dataset_fingerprint:
             raise StoreError(f"the teacher store was written for dataset {fp}, but training uses "
@@ -18,6 +19,9 @@ class StoredTeacher:
         if num_samples is not None and store.num_samples != num_samples:
             raise StoreError(f"the teacher store holds {store.num_samples} samples but the dataset has "
                              f"{num_samples}; recompute it with `kdprune logits`")
+        if num_classes is not None and store.num_classes != num_classes:
+            raise StoreError(f"the teacher store holds logits over {store.num_classes} classes but the dataset "
+                             f"has {num_classes}; recompute it with `kdprune logits` for this dataset")
         self.store = store
 
     @property
@@ -30,10 +34,13 @@ class StoredTeacher:
 
 
 class OnlineTeacher:
-    """A teacher module run under no_grad on the student's own batch (same augmentation by construction)."""
+    """A teacher module run under no_grad (in eval mode) on the student's own batch, so it sees the
+    same augmentation by construction; it costs a teacher forward pass per step."""
 
     def __init__(self, module: torch.nn.Module):
         self.module = module.eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
         self.views = None
 
     @torch.no_grad()

@@ -1,0 +1,69 @@
+"""Atomic, resumable training checkpoints that load with ``torch.load(weights_only=True)``.
+
+Everything in a checkpoint is a tensor, a number, a string, a list, a dict or None (RNG states are
+saved as the uint8 tensors torch returns), so loading one never unpickles code. A checkpoint is
+written to a temporary file in the same directory, flushed to disk, then renamed over the old one:
+a run killed at any instant leaves either the previous checkpoint or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from kdprune.errors import ConfigError
+
+VERSION = 1
+FILENAME = "checkpoint.pt"
+
+
+def rng_state() -> dict:
+    """This process's torch RNG states (CPU, and the current CUDA device when there is one)."""
+    state = {"cpu": torch.get_rng_state(), "cuda": None}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save(path: str, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"version": VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load(path: str) -> dict:
+    """Read a checkpoint written by :func:`save` (tensors to the CPU, no code unpickled)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise ConfigError(f"no checkpoint at {path}; drop --resume to start a fresh run") from err
+    except Exception as err:  # a torn or foreign file
+        raise ConfigError(f"{path} is not a readable kdprune checkpoint ({err}); delete it to start over") from err
+    if not isinstance(state, dict) or state.get("version") != VERSION:
+        raise ConfigError(f"{path} is not a version-{VERSION} kdprune checkpoint; delete it to start over")
+    return state
+
+
+def check_config(saved: dict, current: dict, path: str) -> None:
+    """Refuse to resume a run under a config that changes its outcome (device and logging may change)."""
+    free = {"device", "eval_every", "log_every", "checkpoint_every", "loader", "eval_batch_size", "compile"}
+    diff = sorted(k for k in set(saved) | set(current) if k not in free and saved.get(k) != current.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
+        raise ConfigError(f"{path} was written by a run with another config ({detail}); "
+                          "resume with the same options or use a new --out directory")
