@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdprune.data import synthetic, to_float
-from kdprune.errors import ConfigError, DataError
+from kdprune.errors import ConfigError, DataError, StoreError
 from kdprune.models import SmallCNN
 from kdprune.scores import compute_score, load_scores, save_scores
 from kdprune.scores.grand import grand_last_layer, grand_scores
@@ -196,3 +196,25 @@ def test_rs2_bad_input():
         RS2Sampler(10, 0.01)
     with pytest.raises(ConfigError):
         RS2Sampler(10, 0.5).ids_for_epoch(-1)
+
+
+def test_teacher_scores_from_a_real_store(tmp_path):
+    from kdprune.store import TeacherStore
+
+    ds = synthetic(40, num_classes=5)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 40, 5, generator=g) * 3
+    with TeacherStore.create(str(tmp_path / "store"), 40, 5, views=2, dtype="float32",
+                             dataset_fingerprint=ds.fingerprint) as w:
+        for v in range(2):
+            for chunk in torch.arange(40).split(13):  # out of one piece, uneven chunks
+                w.write(chunk, logits[v, chunk], view=v)
+    y = torch.from_numpy(ds.labels)
+    for kind in ("el2n", "entropy", "margin"):
+        got = compute_score(f"teacher-{kind}", ds, store=str(tmp_path / "store"))
+        expected = (scores_from_logits(logits[0], y, kind) + scores_from_logits(logits[1], y, kind)) / 2
+        np.testing.assert_allclose(got.scores, expected.numpy(), rtol=1e-5, atol=1e-6)
+        assert got.meta["store_views"] == 2
+    other = synthetic(40, num_classes=5, seed=9)
+    with pytest.raises(StoreError, match="written for dataset"):
+        compute_score("teacher-el2n", other, store=str(tmp_path / "store"))
