@@ -1,11 +1,14 @@
 """Loaders that read only the kept sample ids: ``build(backend, source, ids, ...)``.
 
-Backends: ``"torch"`` (in-memory arrays, always available), ``"ffcv"`` and ``"dali"`` (optional
-extras, imported only when asked for).
+Backends: ``"torch"`` (an in-memory dataset, or a JPEG folder through a DataLoader with workers;
+always available), ``"ffcv"`` and ``"dali"`` (optional extras, imported only when asked for, reading a
+dataset converted with ``kdprune convert --format ffcv|dali``).
 """
 from __future__ import annotations
 
-from kdprune.errors import ConfigError
+import os
+
+from kdprune.errors import ConfigError, DataError
 from kdprune.loaders.batch import Batch
 
 __all__ = ["Batch", "build", "BACKENDS"]
@@ -16,10 +19,42 @@ BACKENDS = ("torch", "ffcv", "dali")
 def build(backend: str, source, ids, *, batch_size: int, train: bool, seed: int = 0, device="cpu",
           distributed=None, drop_last: bool = False, **kwargs):
     """An iterable of :class:`Batch` over exactly ``ids`` (an IndexSet or an id array) of ``source``,
-    with ``len()`` and ``set_epoch(e)``. See each backend for ``source`` and extra keywords
-    (``augment``, ``views``)."""
+    with ``len()`` and ``set_epoch(e)``.
+
+    ``source``: for ``"torch"`` an :class:`~kdprune.data.ArrayDataset` or a
+    :class:`~kdprune.data.folder.FolderDataset`; for ``"ffcv"``/``"dali"`` the path of a converted
+    dataset, or the dataset itself with ``path=`` the conversion (then a conversion made from other
+    data is refused as stale). Keywords: ``augment`` (an :class:`~kdprune.data.Augment`, applied in
+    training as view ``epoch % views``), ``views``, ``workers`` (DataLoader processes, FFCV or DALI
+    threads).
+    """
+    common = dict(batch_size=batch_size, train=train, seed=seed, device=device, distributed=distributed,
+                  drop_last=drop_last)
     if backend == "torch":
-        from kdprune.loaders.torch_backend import ArrayLoader
-        return ArrayLoader(source, ids, batch_size=batch_size, train=train, seed=seed, device=device,
-                           distributed=distributed, drop_last=drop_last, **kwargs)
-    raise ConfigError(f"unknown loader backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        from kdprune.loaders.torch_backend import make_torch_loader
+        kwargs.pop("path", None)
+        return make_torch_loader(source, ids, **common, **kwargs)
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown loader backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    path = kwargs.pop("path", None)
+    if isinstance(source, (str, os.PathLike)):
+        path, source = os.fspath(source), None
+    if path is None:
+        raise DataError(f"the {backend} backend reads a converted dataset: run `kdprune convert --format "
+                        f"{backend} --out PATH` and pass path=PATH (or the path as the source)")
+    require_backend(backend)
+    if backend == "ffcv":
+        from kdprune.loaders.ffcv_backend import FFCVLoader
+        return FFCVLoader(path, ids, source=source, **common, **kwargs)
+    from kdprune.loaders.dali_backend import DALILoader
+    return DALILoader(path, ids, source=source, **common, **kwargs)
+
+
+def require_backend(backend: str) -> None:
+    """Import the optional library a backend needs, or say how to install it."""
+    module, extra = {"ffcv": ("ffcv", "ffcv"), "dali": ("nvidia.dali", "dali")}[backend]
+    try:
+        __import__(module)
+    except ImportError as err:
+        raise ConfigError(f"the {backend} backend needs {module}, which does not import ({err}); install it "
+                          f"with `pip install 'kdprune[{extra}]'` (or `make install`)") from err

@@ -1,56 +1,109 @@
-"""The plain PyTorch loader over an in-memory :class:`~kdprune.data.ArrayDataset`.
+"""The plain PyTorch backend: an in-memory :class:`~kdprune.data.ArrayDataset`, indexed in the main
+process, or a JPEG :class:`~kdprune.data.folder.FolderDataset` through a ``torch.utils.data.DataLoader``
+whose worker processes read and decode only the ids of their batches.
 
-It decodes nothing it does not serve: each step indexes only the ids of its batch.
+The DataLoader's sampler plays DistributedSampler's part: it yields this rank's shard of the epoch's
+permutation (``epoch_order``, the same on every backend), so shards are disjoint and equal-length.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from kdprune.data import Augment, to_float
-from kdprune.loaders.batch import Batch, check_ids, epoch_order, resolve_distributed
+from kdprune.loaders.batch import Batch
+from kdprune.loaders.base import KeptIdLoader, ReadCounter, stack_images
 
 
-class ArrayLoader:
-    """Batches of the kept ids of an in-memory dataset, shuffled by (seed, epoch), sharded by rank,
-    augmented with view ``epoch % views`` of ``augment`` when given (the teacher store's replay)."""
+class ArrayLoader(KeptIdLoader):
+    """Batches of the kept ids of an in-memory dataset; each step indexes only the ids of its batch."""
 
-    def __init__(self, dataset, ids, *, batch_size: int, train: bool, seed: int = 0, device="cpu",
-                 distributed=None, drop_last: bool = False, augment: Augment | None = None,
-                 views: int | None = None):
+    def __init__(self, dataset, ids, **kwargs):
+        super().__init__(len(dataset), ids, **kwargs)
         self.dataset = dataset
-        self.ids = check_ids(ids, len(dataset))
-        self.batch_size = int(batch_size)
-        self.train, self.seed, self.device = train, seed, torch.device(device)
-        self.rank, self.world = resolve_distributed(distributed)
-        self.drop_last = drop_last
-        self.augment = augment if train else None
-        self.views = views
-        self.epoch = 0
-        self.reads = 0  # samples read so far (tests check that nothing outside ids is touched)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def view(self) -> int:
-        """The augmentation view this epoch draws: ``epoch % views`` (a fresh one per epoch if views is None)."""
-        return self.epoch % self.views if self.views else self.epoch
-
-    def _order(self) -> np.ndarray:
-        return epoch_order(self.ids, seed=self.seed, epoch=self.epoch, shuffle=self.train, rank=self.rank,
-                           world=self.world, drop_last=self.drop_last, batch_size=self.batch_size)
-
-    def __len__(self) -> int:
-        return -(-len(self._order()) // self.batch_size)
-
-    def __iter__(self):
-        order = self._order()
+    def _decoded_batches(self, order):
         for start in range(0, len(order), self.batch_size):
             ids = order[start:start + self.batch_size]
-            self.reads += len(ids)
-            x = to_float(self.dataset.images[ids])
-            if self.augment is not None:
-                x = self.augment.apply(x, self.view(), ids)
-            y = torch.from_numpy(self.dataset.labels[ids])
-            yield Batch(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True),
-                        torch.from_numpy(ids).to(self.device, non_blocking=True))
+            self.counter.note(ids)
+            yield self.dataset.images[ids], self.dataset.labels[ids], ids
+
+
+class _FolderSamples(torch.utils.data.Dataset):
+    """Map-style view of a folder: item ``(id, view)`` reads and decodes file ``id`` only."""
+
+    def __init__(self, folder, counter: ReadCounter):
+        self.folder, self.counter = folder, counter
+
+    def __len__(self):
+        return len(self.folder)
+
+    def __getitem__(self, item):
+        i, view = item
+        image = self.folder.decode(i)
+        self.counter.note([i])
+        return image, int(self.folder.labels[i]), i, view
+
+
+class _Collate:
+    """Stack a batch and, in training, apply the replayed crop there, so the resampling runs in the
+    worker processes in parallel rather than serially in the main process."""
+
+    def __init__(self, augment: Augment | None, where: str):
+        self.augment, self.where = augment, where
+
+    def __call__(self, samples):
+        images, labels, ids, views = zip(*samples)
+        x = to_float(stack_images(list(images), self.where))
+        ids = torch.tensor(ids, dtype=torch.int64)
+        if self.augment is not None:
+            x = self.augment.apply(x, views[0], ids)
+        return x, torch.tensor(labels, dtype=torch.int64), ids
+
+
+class _EpochBatches(torch.utils.data.Sampler):
+    """Batches of ``(id, view)`` for the loader's current epoch (read when an epoch starts, so
+    ``set_epoch`` takes effect with persistent workers too)."""
+
+    def __init__(self, loader: "FolderLoader"):
+        self.loader = loader
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        order, view, bs = self.loader.order(), self.loader.view(), self.loader.batch_size
+        for start in range(0, len(order), bs):
+            yield [(int(i), view) for i in order[start:start + bs]]
+
+
+class FolderLoader(KeptIdLoader):
+    """A DataLoader with ``workers`` processes over the kept ids of a JPEG folder."""
+
+    def __init__(self, folder, ids, *, workers: int = 2, **kwargs):
+        super().__init__(len(folder), ids, **kwargs)
+        self.folder = folder
+        self.workers = int(workers)
+        self._loader = None
+
+    def _data_loader(self):
+        if self._loader is None:  # built once: persistent workers keep start-up out of every epoch
+            self._loader = torch.utils.data.DataLoader(
+                _FolderSamples(self.folder, self.counter), batch_sampler=_EpochBatches(self),
+                num_workers=self.workers, collate_fn=_Collate(self.augment, self.folder.name),
+                persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers > 0 else None)
+        return self._loader
+
+    def __iter__(self):
+        nb = self.device.type == "cuda"
+        for x, y, ids in self._data_loader():
+            yield Batch(x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb),
+                        ids.to(self.device, non_blocking=nb))
+
+
+def make_torch_loader(source, ids, **kwargs) -> KeptIdLoader:
+    """The torch backend for an in-memory dataset or a JPEG folder."""
+    from kdprune.data.folder import FolderDataset
+    if isinstance(source, FolderDataset):
+        return FolderLoader(source, ids, **kwargs)
+    kwargs.pop("workers", None)  # in-memory indexing needs no workers
+    return ArrayLoader(source, ids, **kwargs)

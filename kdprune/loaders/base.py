@@ -1,0 +1,111 @@
+"""What every backend shares: the kept ids, the per-epoch order, the augmentation view, the read
+counter, and turning decoded uint8 images into a :class:`Batch`.
+
+A backend only supplies ``_decoded_batches(order)``, which yields ``(images uint8 [B, H, W, C],
+labels [B], ids [B])`` for consecutive ``batch_size`` slices of ``order`` and reads nothing else.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kdprune.data import Augment, to_float
+from kdprune.errors import DataError
+from kdprune.loaders.batch import Batch, check_ids, epoch_order, resolve_distributed
+
+
+class ReadCounter:
+    """How many times each sample was read, counted where the bytes are read or decoded.
+
+    The counts live in shared memory, so reads made in DataLoader worker processes (or in FFCV's and
+    DALI's threads) show up in the parent; tests check that ``counts`` is zero outside the kept ids.
+    """
+
+    def __init__(self, num_samples: int):
+        self._tensor = torch.zeros(num_samples, dtype=torch.int64).share_memory_()
+        self.counts = self._tensor.numpy()
+
+    def note(self, ids) -> None:
+        np.add.at(self.counts, np.asarray(ids, dtype=np.int64), 1)
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def __getstate__(self):
+        return {"_tensor": self._tensor}
+
+    def __setstate__(self, state):
+        self._tensor = state["_tensor"]
+        self.counts = self._tensor.numpy()
+
+
+class KeptIdLoader:
+    """Base of every backend: batches of exactly the kept ids, shuffled by (seed, epoch) when
+    ``train``, sharded by rank, augmented with view ``epoch % views`` of ``augment`` when ``train``."""
+
+    def __init__(self, num_samples: int, ids, *, batch_size: int, train: bool, seed: int = 0,
+                 device="cpu", distributed=None, drop_last: bool = False, augment: Augment | None = None,
+                 views: int | None = None):
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        self.num_samples = int(num_samples)
+        self.ids = check_ids(ids, self.num_samples)
+        self.batch_size = int(batch_size)
+        self.train, self.seed, self.device = train, int(seed), torch.device(device)
+        self.rank, self.world = resolve_distributed(distributed)
+        self.drop_last = drop_last
+        self.augment = augment if train else None
+        self.views = views
+        self.epoch = 0
+        self.counter = ReadCounter(self.num_samples)
+
+    @property
+    def reads(self) -> int:
+        """Samples read (decoded) so far, over all epochs."""
+        return self.counter.total
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def view(self) -> int:
+        """The augmentation view this epoch draws: ``epoch % views`` (a fresh one per epoch if views is None)."""
+        return self.epoch % self.views if self.views else self.epoch
+
+    def order(self, epoch: int | None = None) -> np.ndarray:
+        """This rank's ids for ``epoch`` (default: the current one), in serving order."""
+        epoch = self.epoch if epoch is None else epoch
+        return epoch_order(self.ids, seed=self.seed, epoch=epoch, shuffle=self.train, rank=self.rank,
+                           world=self.world, drop_last=self.drop_last, batch_size=self.batch_size)
+
+    def __len__(self) -> int:
+        return -(-len(self.order()) // self.batch_size)
+
+    def __iter__(self):
+        order = self.order()
+        view = self.view()
+        for images, labels, ids in self._decoded_batches(order):
+            yield self._finish(images, labels, ids, view)
+
+    def _decoded_batches(self, order: np.ndarray):
+        raise NotImplementedError
+
+    def _finish(self, images, labels, ids, view: int) -> Batch:
+        """uint8 ``[B, H, W, C]`` -> float ``[B, C, H', W']`` in [-1, 1], with the replayed crop."""
+        x = to_float(images)
+        ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+        if self.augment is not None:
+            x = self.augment.apply(x, view, ids)
+        y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        nb = self.device.type == "cuda"
+        return Batch(x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb),
+                     ids.to(self.device, non_blocking=nb))
+
+
+def stack_images(images: list, where: str) -> np.ndarray:
+    """Stack decoded images into ``[B, H, W, C]``, or say why a batch of different sizes cannot be."""
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise DataError(f"{where}: images of different sizes {sorted(shapes)[:3]} in one batch; the loaders "
+                        "need one image size: resize the images to one size first")
+    return np.stack(images)

@@ -1,0 +1,153 @@
+"""The FFCV backend: a ``.beton`` with ``image``, ``label`` and ``id`` (the sample id) fields, read
+through ``ffcv.loader.Loader(indices=kept ids)``.
+
+The traversal order is ours (``epoch_order``: one permutation per (seed, epoch), dealt round-robin
+across ranks), handed to FFCV as a custom ``TraversalOrder``, so FFCV serves the same ids in the same
+order as the other backends and each rank reads only its shard. The decoders are FFCV's own, extended
+by one call that counts the ids they are asked to decode, so the read counts are measured where the
+bytes are decoded.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import torch
+
+from kdprune.errors import DataError
+from kdprune.loaders.base import KeptIdLoader, ReadCounter
+from kdprune.loaders.converted import check_index_fingerprint, read_manifest, source_info, write_manifest
+
+FIELDS = ("image", "label", "id")
+
+
+def write_beton(source, path: str, *, workers: int = 2, jpeg_quality: int = 90) -> dict:
+    """Convert an :class:`ArrayDataset` (raw uint8 arrays) or a JPEG :class:`FolderDataset`
+    (re-encoded as JPEG by FFCV) to ``path`` (.beton) plus its manifest; returns the manifest."""
+    from ffcv.fields import IntField, NDArrayField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    from kdprune.data.folder import FolderDataset
+    if isinstance(source, FolderDataset):
+        image_field = RGBImageField(write_mode="jpg", jpeg_quality=jpeg_quality)
+    else:
+        image_field = NDArrayField(np.dtype("uint8"), tuple(source.image_shape))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    writer = DatasetWriter(tmp, {"image": image_field, "label": IntField(), "id": IntField()},
+                           num_workers=max(int(workers), 1))
+    writer.from_indexed_dataset(_Samples(source), chunksize=256)
+    os.replace(tmp, path)  # a crash mid-write leaves no half .beton under the real name
+    return write_manifest(path, "ffcv", source_info(source), [os.path.basename(path)])
+
+
+class _Samples:
+    """(image, label, id) by index, as FFCV's writer asks for them."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        image = self.source.decode(i) if hasattr(self.source, "decode") else self.source.images[i]
+        return image, int(self.source.labels[i]), int(i)
+
+
+def _counting(decoder_cls, counter: ReadCounter):
+    """An FFCV decoder class whose compiled code first records the batch of ids it decodes (in
+    numba's object mode, once per batch) and then runs the stock decoder."""
+    from numba import objmode
+
+    class Counting(decoder_cls):
+        def generate_code(self):
+            inner = super().generate_code()
+            from ffcv.pipeline.compiler import Compiler
+            inner_c = Compiler.compile(inner)
+            note = counter.note
+
+            def decode(batch_indices, destination, metadata, storage_state):
+                with objmode():
+                    note(batch_indices)
+                return inner_c(batch_indices, destination, metadata, storage_state)
+
+            return decode
+
+    Counting.__name__ = f"Counting{decoder_cls.__name__}"
+    return Counting
+
+
+def _kept_order(loader: "FFCVLoader"):
+    from ffcv.traversal_order.base import TraversalOrder
+
+    class KeptOrder(TraversalOrder):
+        """Our per-(seed, epoch) order; FFCV builds a custom order by calling it with the Loader."""
+
+        def __init__(self):  # noqa: D401 - FFCV's base needs a Loader; this order needs none
+            self.sampler = None
+
+        def __call__(self, ffcv_loader):
+            self.loader, self.indices, self.seed = ffcv_loader, ffcv_loader.indices, loader.seed
+            self.distributed = ffcv_loader.distributed
+            return self
+
+        def sample_order(self, epoch):
+            return loader.order(epoch)
+
+    return KeptOrder()
+
+
+class FFCVLoader(KeptIdLoader):
+    """Batches of the kept ids of a ``.beton`` (see :func:`write_beton`), ``workers`` decode threads."""
+
+    def __init__(self, path: str, ids, *, source=None, workers: int = 2, **kwargs):
+        manifest = read_manifest(path, "ffcv", source)
+        check_index_fingerprint(ids, manifest)
+        super().__init__(manifest["num_samples"], ids, **kwargs)
+        self.path, self.manifest, self.workers = path, manifest, max(int(workers), 1)
+        self._ffcv = None
+
+    def _loader(self):
+        if self._ffcv is None:
+            self._ffcv = self._make_loader()
+        return self._ffcv
+
+    def _make_loader(self):
+        from ffcv.fields.basics import IntDecoder
+        from ffcv.fields.ndarray import NDArrayDecoder
+        from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+        from ffcv.loader import Loader
+        from numba.core.errors import NumbaWarning
+
+        raw = self.manifest["encoding"] == "raw"
+        decoder = _counting(NDArrayDecoder if raw else SimpleRGBImageDecoder, self.counter)
+        threads = torch.get_num_threads()
+        try:
+            with warnings.catch_warnings():
+                # numba warns that the object-mode block (the read count) runs without parallelism
+                warnings.simplefilter("ignore", NumbaWarning)
+                return Loader(self.path, batch_size=self.batch_size, num_workers=self.workers,
+                              order=_kept_order(self), indices=self.ids, distributed=self.world > 1,
+                              seed=self.seed, drop_last=False, os_cache=True,
+                              pipelines={"image": [decoder()], "label": [IntDecoder()], "id": [IntDecoder()]})
+        except TypeError as err:  # FFCV's decoder refuses images of several sizes this way
+            raise DataError(f"{self.path}: {err}") from err
+        finally:
+            torch.set_num_threads(threads)  # FFCV sets torch's global thread count to num_workers
+
+    def _decoded_batches(self, order):
+        loader = self._loader()
+        loader.next_epoch = self.epoch  # FFCV asks our order for this epoch's ids
+        threads = torch.get_num_threads()
+        served = 0
+        for first, (images, labels, ids) in enumerate(loader):
+            if first == 0:  # FFCV's epoch thread has reset torch's thread count by now: undo it
+                torch.set_num_threads(threads)
+            ids = ids.reshape(-1).copy()
+            served += len(ids)
+            # FFCV's array decoder returns its whole buffer: keep the rows of this batch
+            yield images[:len(ids)], labels.reshape(-1)[:len(ids)].copy(), ids
+        if served != len(order):
+            raise DataError(f"{self.path}: FFCV served {served} samples of the {len(order)} asked for")
