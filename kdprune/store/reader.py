@@ -1,0 +1,214 @@
+"""Reading a teacher store: ``TeacherStore.open(path).gather(ids, view)``.
+
+One read-only memory map per file per process, opened on first use and re-opened after a fork
+(the pid is checked), so a store object can be pickled to DataLoader workers and DDP ranks and every
+process shares the same page cache. Rows are copied out by ``torch.ops.kdprune.gather_rows``, a
+multi-threaded, bounds-checked C++ gather (``csrc/gather.cpp``).
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import warnings
+
+import numpy as np
+import torch
+
+from kdprune.errors import ConfigError, StoreError
+from kdprune.store import format as fmt
+from kdprune.store.writer import StoreWriter, crc_chunks, new_params
+
+
+class TeacherStore:
+    """Teacher logits per sample (and per augmented view), memory-mapped; see docs/store-format.md."""
+
+    def __init__(self, path: str, header: dict):
+        self.path = path
+        self._header = header
+        self.layout = fmt.layout_of(header)
+        self._pid = None
+        self._maps: dict = {}
+        self._tensors: dict = {}
+
+    # -- construction ----------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str, num_samples: int, num_classes: int, *, views: int = 1, dtype: str = "float16",
+               topk: int | None = None, dataset_fingerprint: str | None = None, teacher=None, augment=None,
+               chunk_rows: int | None = None, overwrite: bool = False) -> StoreWriter:
+        """A writer for a new store at ``path`` (or the resumption of ``path.partial`` when one with the
+        same arguments exists). ``topk=k`` keeps only the k largest logits of each row; ``augment`` (an
+        :class:`~kdprune.data.Augment`) records the augmentation the views were computed on;
+        ``teacher`` is any JSON-serialisable description."""
+        params = new_params(num_samples, num_classes, views=views, dtype=dtype, topk=topk,
+                            dataset_fingerprint=dataset_fingerprint, teacher=teacher, augment=augment,
+                            chunk_rows=chunk_rows)
+        return StoreWriter(path, params, overwrite=overwrite)
+
+    @classmethod
+    def open(cls, path: str, expect_fingerprint: str | None = None) -> "TeacherStore":
+        """Open a published store. Checks the header (format, version, checksum) and the file sizes,
+        and, when ``expect_fingerprint`` is given, that the store was written for that dataset."""
+        path = os.path.abspath(str(path).rstrip("/"))
+        header = fmt.load_header(path)
+        if not header.get("complete") or "checksums" not in header:
+            raise StoreError(f"{path} is an unfinished store; finish it by re-running the command that wrote it")
+        layout = fmt.layout_of(header)
+        sums = header["checksums"]
+        for key in layout.files():
+            if len(sums.get(key, [])) != layout.views or any(len(c) != layout.num_chunks for c in sums[key]):
+                raise StoreError(f"{path}/header.json lists the wrong number of checksums for {key}; "
+                                 "re-create the store with `kdprune logits`")
+        fmt.check_files(path, layout)
+        store = cls(path, header)
+        if expect_fingerprint is not None:
+            store.check_fingerprint(expect_fingerprint)
+        return store
+
+    def check_fingerprint(self, expected: str) -> None:
+        have = self._header.get("dataset_fingerprint")
+        if have is None:
+            raise StoreError(f"{self.path} records no dataset fingerprint, so it cannot be checked against "
+                             f"dataset {expected}; re-create it with dataset_fingerprint set")
+        if have != expected:
+            raise StoreError(f"{self.path} was written for dataset {have}, not {expected}; recompute the "
+                             "teacher logits on this dataset with `kdprune logits`")
+
+    # -- properties ----------------------------------------------------------------------------------------
+    @property
+    def num_samples(self) -> int:
+        return self.layout.num_samples
+
+    @property
+    def num_classes(self) -> int:
+        return self.layout.num_classes
+
+    @property
+    def views(self) -> int:
+        return self.layout.views
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of gathered logits (the stored dtype)."""
+        return fmt.DTYPES[self.layout.dtype]
+
+    @property
+    def meta(self) -> dict:
+        """The header without the checksum lists: includes ``augment`` (Augment.to_dict() or None),
+        ``teacher`` and ``dataset_fingerprint``."""
+        return {k: v for k, v in self._header.items() if k != "checksums"}
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __repr__(self) -> str:
+        lay = self.layout
+        kind = f"top-{lay.k}" if lay.k else "dense"
+        return (f"TeacherStore({self.path!r}, samples={lay.num_samples}, classes={lay.num_classes}, "
+                f"views={lay.views}, {lay.dtype}, {kind})")
+
+    # -- memory maps (one set per process) ---------------------------------------------------------------
+    def _arrays(self) -> dict:
+        if self._pid != os.getpid():
+            self._map()
+        return self._tensors
+
+    def _map(self) -> None:
+        self._maps, self._tensors = {}, {}
+        fmt.check_files(self.path, self.layout)  # sizes again: mapping past the end would SIGBUS on read
+        for key, dname in self.layout.files().items():
+            with open(os.path.join(self.path, fmt.file_name(key)), "rb") as f:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            with warnings.catch_warnings():
+                # the map is read-only and nothing writes through these tensors (they never leave here)
+                warnings.simplefilter("ignore", UserWarning)
+                flat = torch.frombuffer(mm, dtype=fmt.DTYPES.get(dname, torch.int32))
+            self._maps[key] = mm
+            self._tensors[key] = flat.view(self.layout.shape())
+        self._pid = os.getpid()
+
+    def close(self) -> None:
+        """Drop this process's maps (they are re-opened on the next gather)."""
+        self._tensors, self._maps, self._pid = {}, {}, None
+
+    def __getstate__(self):
+        return {"path": self.path, "_header": self._header, "layout": self.layout}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._pid, self._maps, self._tensors = None, {}, {}
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def gather(self, ids, view: int = 0, out: torch.Tensor | None = None, pin_memory: bool = False) -> torch.Tensor:
+        """Teacher logits ``[len(ids), num_classes]`` of samples ``ids`` in view ``view``, dense, in the
+        stored dtype. A top-k store fills the classes it did not keep with ``meta["fill_value"]``."""
+        from kdprune import _native
+
+        _native.load()
+        lay = self.layout
+        if not isinstance(view, (int, np.integer)) or not 0 <= view < lay.views:
+            raise StoreError(f"view must be an integer in [0, {lay.views}) for {self.path}, got {view!r}")
+        ids = _ids_tensor(ids)
+        out = self._out(out, len(ids), pin_memory)
+        arrays = self._arrays()
+        gather_rows = torch.ops.kdprune.gather_rows
+        try:
+            if lay.k is None:
+                gather_rows(arrays["values"][view], ids, out)
+            else:
+                values = gather_rows(arrays["values"][view], ids, torch.empty(len(ids), lay.k, dtype=self.dtype))
+                idx = gather_rows(arrays["indices"][view], ids, torch.empty(len(ids), lay.k, dtype=torch.int32))
+                out.fill_(fmt.TOPK_FILL).scatter_(1, idx.long(), values)
+        except IndexError as err:
+            raise StoreError(f"{self.path}: {str(err).splitlines()[0]}") from None
+        return out
+
+    def _out(self, out, n: int, pin_memory: bool) -> torch.Tensor:
+        shape = (n, self.num_classes)
+        if out is None:
+            if pin_memory and not torch.cuda.is_available():
+                raise ConfigError("pin_memory=True needs a CUDA device (pinned memory is for host-to-GPU "
+                                  "copies); pass pin_memory=False on a CPU-only machine")
+            return torch.empty(shape, dtype=self.dtype, pin_memory=pin_memory)
+        if (out.dtype != self.dtype or tuple(out.shape) != shape or out.device.type != "cpu"
+                or not out.is_contiguous()):
+            raise StoreError(f"out must be a contiguous CPU {self.dtype} tensor of shape {list(shape)}, got "
+                             f"{out.dtype} {list(out.shape)} on {out.device}")
+        return out
+
+    # -- integrity ---------------------------------------------------------------------------------------
+    def verify(self) -> dict:
+        """Recompute every chunk checksum; raise StoreError naming the damaged rows, else return a summary."""
+        lay = self.layout
+        fmt.check_files(self.path, lay)
+        buffers = {}
+        for key in lay.files():
+            with open(os.path.join(self.path, fmt.file_name(key)), "rb") as f:
+                buffers[key] = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        todo = [(v, c) for v in range(lay.views) for c in range(lay.num_chunks)]
+        now = crc_chunks(buffers, lay, todo)
+        bad = []
+        for vc in todo:
+            for key, crc in zip(lay.files(), now[vc]):
+                if crc != self._header["checksums"][key][vc[0]][vc[1]]:
+                    start = vc[1] * lay.chunk_rows
+                    bad.append(f"{fmt.file_name(key)} view {vc[0]} samples [{start}, "
+                               f"{min(start + lay.chunk_rows, lay.num_samples)})")
+        for b in buffers.values():
+            b.release()
+        if bad:
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise StoreError(f"{self.path} is corrupted: checksum mismatch in {'; '.join(bad[:5])}{more}; "
+                             "re-create the store with `kdprune logits`")
+        return {"chunks": len(todo) * len(lay.files()),
+                "bytes": sum(lay.file_bytes(k) for k in lay.files())}
+
+
+def _ids_tensor(ids) -> torch.Tensor:
+    if not torch.is_tensor(ids):
+        arr = np.asarray(ids)
+        if arr.size == 0:
+            arr = arr.astype(np.int64)
+        ids = torch.from_numpy(np.ascontiguousarray(arr))
+    if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise StoreError(f"ids must be a 1-D integer tensor, got {ids.dtype} of shape {list(ids.shape)}")
+    return ids.to(device="cpu", dtype=torch.int64).contiguous()
