@@ -15,6 +15,7 @@ SCHEDULES = ("onecycle", "cosine", "step", "constant")
 AMP = ("none", "bf16", "fp16")
 NORMS = ("batch", "group", "none")
 TEACHERS = ("store", "online")
+LOADERS = ("torch", "ffcv", "dali")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 
 
@@ -53,7 +54,8 @@ class TrainConfig:
     grad_accum: int = 1
     ema: float = 0.0  # EMA decay per optimizer step; 0 = off
     sync_bn: bool = False
-    loader: str = "torch"
+    loader: str = "torch"  # torch | ffcv | dali
+    workers: int = 2  # decoding processes/threads of folder, FFCV and DALI loaders
     eval_batch_size: int = 512
     eval_every: int = 0  # epochs between evaluations (0: only after the last)
     checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: at epoch ends only)
@@ -73,7 +75,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "width", "grad_accum", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_every", "checkpoint_every", "log_every", "image_size"):
+        for name in ("eval_every", "checkpoint_every", "log_every", "image_size", "workers"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -93,6 +95,7 @@ class TrainConfig:
         self._choice("amp", AMP)
         self._choice("norm", NORMS)
         self._choice("teacher", TEACHERS)
+        self._choice("loader", LOADERS)
         if self.compile not in (False, True) and self.compile not in COMPILE_BACKENDS:
             raise ConfigError(f"compile must be true/false or a backend ({', '.join(COMPILE_BACKENDS)}), "
                               f"got {self.compile!r}")

@@ -21,7 +21,11 @@ from kdprune.train.loop import Trainer
 from kdprune.train.teacher import OnlineTeacher, StoredTeacher
 
 
-def _loaders(cfg: TrainConfig, train_set, test_set, ids, store, device, per_rank_batch: int):
+def _loaders(cfg: TrainConfig, train_set, test_set, ids, store, device, per_rank_batch: int,
+             sources=(None, None)):
+    """This rank's train loader and its share of the test set. ``sources`` are converted copies
+    (an FFCV ``.beton`` or a DALI directory) read instead of the datasets when ``cfg.loader`` is not
+    ``torch``; the datasets still give labels, sizes and the fingerprint the conversion is checked against."""
     from kdprune.loaders import build
 
     out_size = (cfg.image_size, cfg.image_size) if cfg.image_size else None
@@ -30,13 +34,32 @@ def _loaders(cfg: TrainConfig, train_set, test_set, ids, store, device, per_rank
         augment, views = Augment.from_dict(store.meta["augment"]), store.views  # replay the teacher's views
     elif cfg.augment:
         augment = Augment(seed=cfg.seed, out_size=out_size)
-    train = build(cfg.loader, train_set, ids, batch_size=per_rank_batch, train=True, seed=cfg.seed,
-                  device=device, augment=augment, views=views)
+
+    def source_of(dataset, converted, loader):
+        if loader == "torch":
+            extra = {} if hasattr(dataset, "images") else {"workers": cfg.workers}  # in-memory needs none
+            return dataset, extra
+        if converted is None:
+            raise ConfigError(f"loader {loader!r} reads a converted copy of the data: pass its path "
+                              f"(--train-data / --val-data, made by `kdprune convert --format {loader}`)")
+        return converted, {"source": dataset, "workers": cfg.workers}
+
+    src, extra = source_of(train_set, sources[0], cfg.loader)
+    train = build(cfg.loader, src, ids, batch_size=per_rank_batch, train=True, seed=cfg.seed,
+                  device=device, augment=augment, views=views, **extra)
     # evaluation: each rank takes every world-th test sample, unpadded, and the sums are reduced
     test_ids = np.arange(len(test_set))[dist.rank()::dist.world_size()]
-    test = build(cfg.loader, test_set, test_ids, batch_size=cfg.eval_batch_size, train=False, device=device,
-                 distributed=False) if len(test_ids) else []
+    test_loader = cfg.loader if sources[1] is not None else "torch"
+    src, extra = source_of(test_set, sources[1], test_loader)
+    test = build(test_loader, src, test_ids, batch_size=cfg.eval_batch_size, train=False, device=device,
+                 distributed=False, **extra) if len(test_ids) else []
     return train, test
+
+
+def image_shape(dataset) -> tuple:
+    """(H, W, C) of a dataset's images (a property of in-memory sets, a method of JPEG folders)."""
+    shape = dataset.image_shape
+    return tuple(shape() if callable(shape) else shape)
 
 
 def _resolve_alpha(cfg: TrainConfig, fraction: float) -> float:
@@ -63,7 +86,7 @@ def _teacher(cfg: TrainConfig, alpha: float, store, teacher_model, train_set, de
     teacher_model.to(device)
     if cfg.channels_last:
         teacher_model.to(memory_format=torch.channels_last)
-    h, w, c = train_set.image_shape
+    h, w, c = image_shape(train_set)
     side = cfg.image_size or None
     with torch.no_grad():  # one probe sample: a teacher with the wrong head fails now, not mid-epoch
         probe = teacher_model.eval()(torch.zeros(1, c, side or h, side or w, device=device))
@@ -75,7 +98,8 @@ def _teacher(cfg: TrainConfig, alpha: float, store, teacher_model, train_set, de
 
 def train_run(cfg: TrainConfig, train_set, test_set, ids=None, *, store=None, keep_fraction: float | None = None,
               out_dir: str | None = None, callbacks=(), progress: bool = True, desc: str = "train",
-              teacher_model=None, resume: bool = False, timing: bool = False) -> tuple:
+              teacher_model=None, resume: bool = False, timing: bool = False,
+              sources: tuple = (None, None)) -> tuple:
     """Train a fresh model on ``ids`` of ``train_set`` (all when None) and evaluate on ``test_set``.
 
     ``store`` (a TeacherStore) turns on distillation for ``cfg.alpha > 0`` (``cfg.teacher="store"``);
@@ -83,7 +107,8 @@ def train_run(cfg: TrainConfig, train_set, test_set, ids=None, *, store=None, ke
     Returns ``(model, metrics)`` (the EMA weights when ``cfg.ema`` > 0). With ``out_dir``, rank 0
     writes ``model.pt`` (+ ``.json``), ``metrics.json``, ``metrics.jsonl``, ``checkpoint.pt`` and the
     EMA-of-training score table ``el2n.npy`` (+ ``.json``, and ``el2n_epochs.npy`` one row per epoch);
-    ``resume=True`` continues from ``out_dir/checkpoint.pt`` when there is one.
+    ``resume=True`` continues from ``out_dir/checkpoint.pt`` when there is one. ``sources`` =
+    (train, test) paths of converted copies for ``cfg.loader`` ``ffcv``/``dali`` (test may be None).
     """
     from kdprune.loss import KDLoss
     from kdprune.models import build_model, model_kwargs, save_model
@@ -95,14 +120,15 @@ def train_run(cfg: TrainConfig, train_set, test_set, ids=None, *, store=None, ke
     fraction = keep_fraction if keep_fraction is not None else len(ids) / len(train_set)
     alpha = _resolve_alpha(cfg, fraction)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    h, w, c = train_set.image_shape
+    h, w, c = image_shape(train_set)
     kwargs = model_kwargs(cfg.model, cfg.width, cfg.norm)
     model = build_model(cfg.model, train_set.num_classes, c, **kwargs)
     teacher = _teacher(cfg, alpha, store, teacher_model, train_set, device)
     loss_fn = KDLoss(alpha=alpha, temperature=cfg.temperature, label_smoothing=cfg.label_smoothing,
                      backend=cfg.loss_backend)
     replay = store if (alpha > 0 and cfg.teacher == "store") else None
-    train_loader, test_loader = _loaders(cfg, train_set, test_set, ids, replay, device, per_rank_batch)
+    train_loader, test_loader = _loaders(cfg, train_set, test_set, ids, replay, device, per_rank_batch,
+                                         sources)
     run_cfg = TrainConfig.from_dict({**cfg.as_dict(), "device": str(device)})
     t0 = time.perf_counter()
     trainer = Trainer(model, train_loader, loss_fn, run_cfg, teacher=teacher, eval_loader=test_loader,

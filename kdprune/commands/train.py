@@ -1,0 +1,165 @@
+"""`kdprune train`: train a student on a pruned subset, distilling a teacher store (or an online teacher).
+
+Single process: ``kdprune train --subset kept --store logits/ --alpha 0.7 --out runs/s1``.
+Many GPUs: ``torchrun --nproc_per_node=8 -m kdprune train --device cuda ...`` (``--batch-size`` is
+the global batch). Every TrainConfig option is a flag (``--amp bf16``, ``--grad-accum 2``, ...);
+``--config FILE.json`` loads a config file whose values the flags override.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from kdprune.commands.common import add_data_args
+
+# flag help for the options whose name alone does not say enough
+_HELP = {
+    "batch_size": "global batch per optimizer step (split over ranks and accumulation steps)",
+    "alpha": "weight of the distillation term in [0, 1], or 'auto' (from the keep fraction)",
+    "temperature": "distillation temperature T > 0",
+    "amp": "autocast dtype: none, bf16 or fp16 (fp16 adds a GradScaler)",
+    "compile": "torch.compile the model: true/false or a backend (inductor, aot_eager)",
+    "ema": "EMA decay per optimizer step (e.g. 0.9999); 0 = off; the saved model is the EMA",
+    "teacher": "store: logits from --store; online: --teacher-model run on each batch",
+    "schedule": "LR schedule over all optimizer steps: onecycle, cosine, step, constant",
+    "warmup": "fraction of the steps spent warming up",
+    "milestones": "step schedule: fractions of the run where the LR is multiplied by --gamma",
+    "model": "cnn, resnet20/32/56, torchvision:NAME (e.g. torchvision:resnet50) or timm:NAME",
+    "norm": "normalisation of kdprune's models: batch, group or none",
+    "image_size": "train crop size (0 keeps the input size)",
+    "checkpoint_every": "optimizer steps between mid-epoch checkpoints (0: at epoch ends)",
+    "log_every": "optimizer steps between metrics.jsonl step records (0: epochs only)",
+    "eval_every": "epochs between test evaluations (0: after the last only)",
+}
+
+
+def _bool_or_backend(text: str):
+    low = text.lower()
+    if low in ("true", "1", "yes", "on"):
+        return True
+    if low in ("false", "0", "no", "off"):
+        return False
+    return text
+
+
+def add_config_args(p, skip=()) -> None:
+    """One flag per :class:`TrainConfig` field (``--grad-accum``, ``--amp``, ...), default None, so
+    only what the user typed overrides the config file or the defaults."""
+    from kdprune.train.config import TrainConfig
+
+    defaults = TrainConfig()
+    g = p.add_argument_group("training options (TrainConfig)")
+    g.add_argument("--config", metavar="FILE.json", help="a TrainConfig JSON file (flags override it)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_ = f"{_HELP.get(f.name, f.name.replace('_', ' '))} (default {default!r})"
+        if f.name == "compile":
+            g.add_argument(flag, type=_bool_or_backend, nargs="?", const=True, default=None, help=help_)
+        elif isinstance(default, bool):
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif isinstance(default, list):
+            g.add_argument(flag, type=float, nargs="+", default=None, help=help_)
+        elif f.name == "alpha":
+            g.add_argument(flag, default=None, help=help_)
+        else:
+            g.add_argument(flag, type=type(default), default=None, help=help_)
+
+
+def config_from_args(args, **fixed):
+    """The validated TrainConfig of ``--config`` + flags + ``fixed`` (which the command imposes)."""
+    from kdprune.train.config import TrainConfig
+
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    given.update(fixed)
+    if args.config:
+        return TrainConfig.load(args.config, **given)
+    return TrainConfig.from_dict(given)
+
+
+def add_source_args(p) -> None:
+    add_data_args(p)
+    p.add_argument("--folder", metavar="ROOT", default=None,
+                   help="JPEG folders by class instead of --dataset: ROOT/train/<class>/*.jpg and "
+                        "ROOT/val/<class>/*.jpg (the ImageNet layout; see docs/imagenet.md)")
+    p.add_argument("--train-data", metavar="PATH", default=None,
+                   help="converted training set read by --loader ffcv/dali (a .beton or a DALI directory)")
+    p.add_argument("--val-data", metavar="PATH", default=None,
+                   help="converted test set for --loader ffcv/dali (default: read the test set with torch)")
+
+
+def load_sources(args):
+    """(train set, test set) from ``--folder`` or ``--dataset``."""
+    if args.folder:
+        import os
+
+        from kdprune.data.folder import FolderDataset
+        return FolderDataset(os.path.join(args.folder, "train")), FolderDataset(os.path.join(args.folder, "val"))
+    from kdprune.commands.common import load_from_args
+    return load_from_args(args, "train"), load_from_args(args, "test")
+
+
+def register(sub):
+    p = sub.add_parser("train", help="train a student on a pruned subset with KD from a teacher store",
+                       description="Train a student on the samples of --subset (all when omitted), "
+                                   "distilling the teacher logits of --store (alpha > 0). Writes model.pt, "
+                                   "metrics.json, metrics.jsonl, checkpoint.pt and el2n.npy to --out. "
+                                   "Runs under torchrun for DDP.")
+    add_source_args(p)
+    p.add_argument("--subset", metavar="STEM", default=None, help="IndexSet from `kdprune prune` (default: all)")
+    p.add_argument("--store", metavar="DIR", default=None, help="teacher store from `kdprune logits`")
+    p.add_argument("--teacher-model", metavar="PATH", default=None,
+                   help="a model.pt from `kdprune teacher`, run online (with --teacher online)")
+    p.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt if it exists")
+    p.add_argument("--timing", action="store_true",
+                   help="split the step time into data, teacher, forward, loss, backward+step (syncs the device)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_config_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from kdprune.errors import DataError
+
+    cfg = config_from_args(args)  # a bad option fails before any data is read
+    train_set, test_set = load_sources(args)
+    ids, fraction = None, None
+    if args.subset:
+        from kdprune.selection import IndexSet
+        subset = IndexSet.load(args.subset).check_dataset(len(train_set), train_set.fingerprint)
+        ids, fraction = subset.ids, subset.meta.get("fraction")
+        if len(ids) == 0:
+            raise DataError(f"{args.subset} keeps no samples; prune with a larger fraction")
+    store = None
+    if args.store:
+        from kdprune.store import TeacherStore
+        store = TeacherStore.open(args.store, expect_fingerprint=train_set.fingerprint)
+    return _train(cfg, train_set, test_set, ids, store=store, keep_fraction=fraction, args=args)
+
+
+def _train(cfg, train_set, test_set, ids, *, store, keep_fraction, args, desc="train") -> int:
+    from kdprune.train import distributed as dist
+    from kdprune.train.run import train_run
+
+    try:
+        _, metrics = train_run(cfg, train_set, test_set, ids, store=store, keep_fraction=keep_fraction,
+                               out_dir=args.out, progress=not args.no_progress, desc=desc,
+                               teacher_model=getattr(args, "teacher_model", None), resume=args.resume,
+                               timing=args.timing, sources=(args.train_data, args.val_data))
+        if dist.is_main():
+            print(f"{desc}: test accuracy {metrics['test_accuracy']:.4f} after {metrics['steps']} steps "
+                  f"({metrics['samples_seen']} samples, {metrics['wall_time_s']:.1f}s, "
+                  f"{metrics['world_size']} process(es)) -> {args.out}")
+            if "timing" in metrics:
+                t = metrics["timing"]
+                print("step time (ms): " + ", ".join(f"{k[:-3]} {v:.2f}" for k, v in t.items() if k.endswith("_ms")))
+    finally:
+        if dist.is_initialized():
+            dist.barrier()
+            import torch.distributed
+            torch.distributed.destroy_process_group()
+    return 0
