@@ -29,9 +29,10 @@ VERSION = 1
 HEADER = "header.json"
 VALUES = "values.bin"
 INDICES = "indices.bin"
-# Missing classes of a top-k row read back as this logit: exp((FILL - max_kept) / T) underflows to 0 in
-# fp32 for any temperature T <= 100 with logits of ordinary size, yet it is finite in fp16 and bf16, so
-# log_softmax and KL stay finite (a -inf fill would give 0 * inf = NaN in the KL term).
+# Missing classes of a top-k row read back as this logit. With kept logits of ordinary size (|z| < 100)
+# softmax gives them exp((FILL - max_kept) / T) < 1e-40 for any temperature T <= 100 (exactly 0 in fp32
+# for T <= 20), yet the value is finite in fp16 and bf16, so log_softmax and the KL term stay finite
+# (a -inf fill would make 0 * inf = NaN in the KL term).
 TOPK_FILL = -1.0e4
 # Checksum granularity: about 4 MiB of one file per chunk, so resume loses little and verify can run
 # chunks in parallel, while the header stays small (~650 chunks per view for ImageNet-1k fp16).
@@ -152,9 +153,12 @@ def check_params(h: dict, where: str) -> None:
     def bad(msg):
         raise StoreError(f"{where}: {msg}")
 
-    for key in ("num_samples", "num_classes", "views", "chunk_rows"):
+    def positive(key):
         if not isinstance(h.get(key), int) or isinstance(h.get(key), bool) or h[key] < 1:
             bad(f"{key} must be a positive integer, got {h.get(key)!r}")
+
+    for key in ("num_samples", "num_classes", "views"):
+        positive(key)
     if h.get("dtype") not in DTYPES:
         bad(f"dtype must be one of {', '.join(DTYPES)}, got {h.get('dtype')!r}")
     if h.get("layout") == "dense":
@@ -167,6 +171,7 @@ def check_params(h: dict, where: str) -> None:
                 "use topk=None for a dense store")
     else:
         bad(f"layout must be 'dense' or 'topk', got {h.get('layout')!r}")
+    positive("chunk_rows")
     if sys.byteorder != "little":
         bad("teacher stores are little-endian and this machine is big-endian")
 

@@ -1,0 +1,43 @@
+"""`kdprune logits`: run a teacher checkpoint over the training set and write its teacher store."""
+from kdprune.commands.common import add_data_args
+
+
+def register(sub):
+    p = sub.add_parser("logits", help="teacher checkpoint -> teacher-logit store (resumable)",
+                       description="Compute the teacher's logits for every training sample (and each of "
+                                   "--views augmented views) into a memory-mapped store. Re-running the "
+                                   "same command after an interruption resumes it.")
+    add_data_args(p)
+    p.add_argument("--split", default="train", choices=("train", "test"))
+    p.add_argument("--teacher", required=True, help="teacher checkpoint (model.pt with model.pt.json)")
+    p.add_argument("--out", required=True, help="store directory to write")
+    p.add_argument("--views", type=int, default=1, help="augmented views per sample (default 1)")
+    p.add_argument("--augment", action="store_true",
+                   help="augment even with one view (views > 1 always augment)")
+    p.add_argument("--augment-seed", type=int, default=0, help="seed of the deterministic augmentation")
+    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    p.add_argument("--topk", type=int, default=None, help="keep only the k largest logits per sample")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from kdprune.commands.common import load_from_args
+    from kdprune.data import Augment
+    from kdprune.errors import ConfigError
+    from kdprune.models import load_model
+    from kdprune.store.fill import checkpoint_description, write_teacher_logits
+
+    if args.views < 1:
+        raise ConfigError(f"--views must be >= 1, got {args.views}")
+    dataset = load_from_args(args, args.split)
+    model = load_model(args.teacher)
+    augment = Augment(seed=args.augment_seed) if (args.views > 1 or args.augment) else None
+    store = write_teacher_logits(model, dataset, args.out, views=args.views, augment=augment,
+                                 batch_size=args.batch_size, dtype=args.dtype, topk=args.topk,
+                                 device=args.device, teacher=checkpoint_description(args.teacher),
+                                 progress=not args.no_progress)
+    print(f"{store}: dataset {dataset.name} ({dataset.fingerprint})")
+    return 0
