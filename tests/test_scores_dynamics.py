@@ -110,3 +110,54 @@ def test_average_of_seeds():
     assert average([np.array([1.0, 2.0]), np.array([3.0, 6.0])]).tolist() == [2.0, 4.0]
     with pytest.raises(DataError):
         average([])
+
+
+# --- through the real training loop -------------------------------------------------------------
+
+def _tiny():
+    from kdprune.data import synthetic
+    return synthetic(120, num_classes=4, shape=(8, 8, 1), seed=2)
+
+
+class _LogitsAt:
+    """Keeps the logits the loop hands to callbacks in one epoch (the oracle for EL2N)."""
+
+    def __init__(self, n, epoch):
+        self.epoch, self.logits, self.labels = epoch, torch.zeros(n, 4), torch.zeros(n, dtype=torch.long)
+
+    def on_batch(self, epoch, ids, logits, labels, out):
+        if epoch == self.epoch:
+            self.logits[ids], self.labels[ids] = logits.float(), labels
+
+
+def test_el2n_recorded_in_fit_is_the_formula_on_the_step_logits():
+    from kdprune.loaders import build
+    from kdprune.loss import KDLoss
+    from kdprune.models import SmallCNN
+    from kdprune.train import fit
+
+    ds = _tiny()
+    torch.manual_seed(0)
+    rec, oracle = EL2NRecorder(len(ds), epoch=1), _LogitsAt(len(ds), 1)
+    loader = build("torch", ds, np.arange(len(ds)), batch_size=32, train=True, seed=0)
+    fit(SmallCNN(4, 1, width=4), loader, epochs=2, lr=0.05, loss_fn=KDLoss(alpha=0.0, temperature=1.0),
+        callbacks=(rec, oracle), progress=False)
+    p = torch.softmax(oracle.logits.double(), 1)
+    expected = (p - torch.nn.functional.one_hot(oracle.labels, 4)).norm(dim=1).numpy()
+    np.testing.assert_allclose(rec.finalize(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dynamics_scores_are_deterministic_under_seeds():
+    from kdprune.scores import compute_score
+
+    ds = _tiny()
+    kw = dict(width=4, batch_size=32)
+    for method in ("el2n", "forgetting", "aum"):
+        a = compute_score(method, ds, epochs=2, seeds=[0, 1], **kw)
+        b = compute_score(method, ds, epochs=2, seeds=[0, 1], **kw)
+        c = compute_score(method, ds, epochs=2, seeds=[2], **kw)
+        assert np.array_equal(a.scores, b.scores), method
+        assert not np.array_equal(a.scores, c.scores), method
+        assert a.scores.shape == (len(ds),) and a.meta["seeds"] == [0, 1] and a.meta["epochs"] == 2
+    f = compute_score("forgetting", ds, epochs=2, seeds=[0], **kw).scores
+    assert set(np.unique(f)) <= {0.0, 1.0, 2.0}  # 2 presentations: at most 1 forgetting, 2 = never learned

@@ -84,7 +84,7 @@ def _one_seed(method: str, dataset, seed: int, epochs: int, train_kw: dict, k: i
     device = train_kw["device"]
     if method == "grand":
         from kdprune.scores.grand import grand_scores
-        return grand_scores(net, dataset.images, dataset.labels, batch_size=256, device=device)
+        return grand_scores(net, dataset.images, dataset.labels, device=device)
     if method == "grand-last":
         from kdprune.scores.grand import grand_last_layer
         return grand_last_layer(net, dataset.images, dataset.labels, device=device)

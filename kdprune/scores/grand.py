@@ -31,15 +31,18 @@ def _head(model: nn.Module) -> nn.Linear:
     return head
 
 
-def grand_scores(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, batch_size: int = 256,
-                 device="cpu") -> np.ndarray:
+def grand_scores(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, batch_size: int | None = None,
+                 device="cpu", memory_bytes: int = 1 << 30) -> np.ndarray:
     """Exact per-sample gradient norms ``||grad_w CE(f_w(x_i), y_i)||_2`` over all trainable weights,
-    float32[N]. Peak extra memory is one gradient per sample of a batch: lower ``batch_size`` for big
-    models."""
+    float32[N]. The batch holds one full gradient per sample, so by default it is sized to keep those
+    within ``memory_bytes`` (at most 512 samples; larger vmap batches amortise better)."""
     from torch.func import functional_call, grad, vmap
 
     model = model.to(device).eval()
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    if batch_size is None:
+        per_sample = 4 * sum(p.numel() for p in params.values())
+        batch_size = int(max(1, min(512, memory_bytes // per_sample)))
     buffers = {k: v.detach() for k, v in model.named_buffers()}
 
     def loss(p, x, y):
