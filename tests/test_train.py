@@ -307,3 +307,10 @@ def test_teacher_command_trains_on_everything(tmp_path):
     assert load_model(str(out / "model.pt"))(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
     with pytest.raises(SystemExit):  # the teacher has no --alpha: it is cross-entropy only
         cli(["teacher", "--alpha", "0.5", "--out", str(out)])
+
+
+def test_divergence_stops_the_run_with_a_message(data):
+    train, test = data
+    with pytest.raises(ConfigError, match="training diverged"):
+        train_run(small(lr=1e12, epochs=1, norm="none", schedule="constant", warmup=0.0), train, test,
+                  progress=False)

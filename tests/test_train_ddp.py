@@ -18,8 +18,8 @@ import torch
 
 from kdprune.cli import main as cli
 
-ARGS = ["train", "--dataset", "synthetic", "--synthetic-samples", "128", "--epochs", "2", "--batch-size", "32",
-        "--width", "8", "--norm", "group", "--log-every", "0", "--no-progress"]
+ARGS = ["train", "--dataset", "synthetic", "--synthetic-samples", "96", "--epochs", "2", "--batch-size", "32",
+        "--width", "4", "--norm", "group", "--log-every", "0", "--no-progress"]
 
 
 def torchrun():
@@ -43,8 +43,8 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     m_single = json.loads((single / "metrics.json").read_text())
     m_ddp = json.loads((ddp / "metrics.json").read_text())
     assert m_ddp["world_size"] == 2 and m_single["world_size"] == 1
-    assert m_ddp["samples_seen"] == m_single["samples_seen"] == 2 * 128  # summed over ranks
-    assert m_ddp["steps"] == m_single["steps"] == 8
+    assert m_ddp["samples_seen"] == m_single["samples_seen"] == 2 * 96  # summed over ranks
+    assert m_ddp["steps"] == m_single["steps"] == 6
     for r_ddp, r_single in zip(m_ddp["history"], m_single["history"]):
         assert abs(r_ddp["train_loss"] - r_single["train_loss"]) < 1e-4
     assert m_ddp["test_accuracy"] == m_single["test_accuracy"]

@@ -3,7 +3,9 @@ from kdprune.data import DATASETS
 
 
 def add_data_args(p):
-    p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
+    p.add_argument("--dataset", default="fashion-mnist", choices=(*DATASETS, "folder"),
+                   help="'folder': JPEG folders by class, --data-dir ROOT holding ROOT/train/<class>/*.jpg "
+                        "and ROOT/val/<class>/*.jpg (the ImageNet layout)")
     p.add_argument("--data-dir", default=None,
                    help="dataset folder (Fashion-MNIST default: /usr/share/datasets/fashion-mnist)")
     p.add_argument("--synthetic-samples", type=int, default=2000,
@@ -11,5 +13,14 @@ def add_data_args(p):
 
 
 def load_from_args(args, split="train"):
+    if args.dataset == "folder":
+        import os
+
+        from kdprune.data.folder import FolderDataset
+        from kdprune.errors import DataError
+        if not args.data_dir:
+            raise DataError("--dataset folder needs --data-dir ROOT holding ROOT/train/<class>/*.jpg and "
+                            "ROOT/val/<class>/*.jpg")
+        return FolderDataset(os.path.join(args.data_dir, "train" if split == "train" else "val"))
     from kdprune.data import load_dataset
     return load_dataset(args.dataset, split, args.data_dir, num_samples=args.synthetic_samples)

@@ -82,9 +82,6 @@ def config_from_args(args, **fixed):
 
 def add_source_args(p) -> None:
     add_data_args(p)
-    p.add_argument("--folder", metavar="ROOT", default=None,
-                   help="JPEG folders by class instead of --dataset: ROOT/train/<class>/*.jpg and "
-                        "ROOT/val/<class>/*.jpg (the ImageNet layout; see docs/imagenet.md)")
     p.add_argument("--train-data", metavar="PATH", default=None,
                    help="converted training set read by --loader ffcv/dali (a .beton or a DALI directory)")
     p.add_argument("--val-data", metavar="PATH", default=None,
@@ -92,12 +89,7 @@ def add_source_args(p) -> None:
 
 
 def load_sources(args):
-    """(train set, test set) from ``--folder`` or ``--dataset``."""
-    if args.folder:
-        import os
-
-        from kdprune.data.folder import FolderDataset
-        return FolderDataset(os.path.join(args.folder, "train")), FolderDataset(os.path.join(args.folder, "val"))
+    """(train set, test set) of ``--dataset`` (``folder``: ROOT/train and ROOT/val of ``--data-dir``)."""
     from kdprune.commands.common import load_from_args
     return load_from_args(args, "train"), load_from_args(args, "test")
 

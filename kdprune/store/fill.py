@@ -60,13 +60,21 @@ def write_teacher_logits(model: torch.nn.Module, dataset, path: str, *, views: i
         for view, ids in todo:
             for start in range(0, len(ids), batch_size):
                 batch = ids[start:start + batch_size]
-                x = to_float(dataset.images[batch]).to(device)
+                x = to_float(_images(dataset, batch)).to(device)
                 if augment is not None:
                     x = augment.apply(x, view, batch)
                 writer.write(batch, model(x).float().cpu(), view=view)
                 bar.update(len(batch))
         bar.close()
     return TeacherStore.open(path, expect_fingerprint=dataset.fingerprint)
+
+
+def _images(dataset, ids):
+    """uint8 ``[B, H, W, C]`` of ``ids``: indexed in memory, or decoded one file at a time from a JPEG folder."""
+    if hasattr(dataset, "images"):
+        return dataset.images[ids]
+    import numpy as np
+    return np.stack([dataset.decode(int(i)) for i in ids])
 
 
 def _existing(path: str, num_samples: int, num_classes: int, kwargs: dict) -> TeacherStore | None:

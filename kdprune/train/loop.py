@@ -119,7 +119,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.scores = ScoreTable(num_samples, self.device) if num_samples else None
         self.timer = StepTimer(timing, self.device)
-        self.totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
+        # loss sum, correct, count, non-finite losses, micro-batches: summed on the device, read once per epoch
+        self.totals = torch.zeros(5, dtype=torch.float64, device=self.device)
         self.history = History()
         self.epoch = self.step_in_epoch = self.step = 0
         self.elapsed = 0.0
@@ -161,9 +162,13 @@ class Trainer:
             last = micro + 1 == group_start + group
             out, logits = self._micro_step(batch, epoch, group, last)
             with torch.no_grad():
-                self.totals[0] += out.loss.detach().double() * len(batch.y)
+                loss = out.loss.detach().double()
+                finite = torch.isfinite(loss)
+                self.totals[0] += torch.where(finite, loss, 0.0) * len(batch.y)
                 self.totals[1] += (logits.argmax(1) == batch.y).sum()
                 self.totals[2] += len(batch.y)
+                self.totals[3] += ~finite
+                self.totals[4] += 1
             if self.scores is not None:
                 self.scores.add(batch.ids, out.el2n)
             for cb in self.callbacks:
@@ -223,8 +228,12 @@ class Trainer:
         for cb in self.callbacks:
             if hasattr(cb, "on_epoch_end"):
                 cb.on_epoch_end(epoch)
-        loss_sum, correct, count = dist.all_reduce_sum(self.totals.clone()).tolist()
+        loss_sum, correct, count, bad, micro = dist.all_reduce_sum(self.totals.clone()).tolist()
         self.totals.zero_()
+        if bad and (self.cfg.amp != "fp16" or bad > micro / 2):  # fp16: the GradScaler skips a few inf steps
+            raise ConfigError(f"training diverged: the loss was NaN or inf at {int(bad)} micro-batch(es) of "
+                              f"epoch {epoch} (lr {self.cfg.lr}); lower --lr, add warm-up or --max-grad-norm, "
+                              f"or resume from the last checkpoint with other settings in a new --out")
         record = {"kind": "epoch", "epoch": epoch, "step": self.step, "lr": self.sched.get_last_lr()[0],
                   "train_loss": loss_sum / max(count, 1), "train_accuracy": correct / max(count, 1),
                   "samples": int(count), "time_s": time.perf_counter() - start}
@@ -294,7 +303,7 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.epoch, self.step_in_epoch, self.step = state["epoch"], state["step_in_epoch"], state["step"]
         ckpt.set_rng_state(state["rng"][self.rank % len(state["rng"])])
-        self.totals.copy_(state["totals"] if self.main else torch.zeros(3, dtype=torch.float64))
+        self.totals.copy_(state["totals"] if self.main else torch.zeros_like(state["totals"]))
         if self.scores is not None and state["scores"] is not None:
             self.scores.load_state_dict(state["scores"], self.main)
         self.history.epochs = list(state["history"])

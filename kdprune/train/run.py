@@ -35,24 +35,21 @@ def _loaders(cfg: TrainConfig, train_set, test_set, ids, store, device, per_rank
     elif cfg.augment:
         augment = Augment(seed=cfg.seed, out_size=out_size)
 
-    def source_of(dataset, converted, loader):
+    def extra(dataset, converted, loader) -> dict:
         if loader == "torch":
-            extra = {} if hasattr(dataset, "images") else {"workers": cfg.workers}  # in-memory needs none
-            return dataset, extra
+            return {} if hasattr(dataset, "images") else {"workers": cfg.workers}  # in-memory needs none
         if converted is None:
             raise ConfigError(f"loader {loader!r} reads a converted copy of the data: pass its path "
                               f"(--train-data / --val-data, made by `kdprune convert --format {loader}`)")
-        return converted, {"source": dataset, "workers": cfg.workers}
+        return {"path": converted, "workers": cfg.workers}  # checked against the dataset's fingerprint
 
-    src, extra = source_of(train_set, sources[0], cfg.loader)
-    train = build(cfg.loader, src, ids, batch_size=per_rank_batch, train=True, seed=cfg.seed,
-                  device=device, augment=augment, views=views, **extra)
+    train = build(cfg.loader, train_set, ids, batch_size=per_rank_batch, train=True, seed=cfg.seed,
+                  device=device, augment=augment, views=views, **extra(train_set, sources[0], cfg.loader))
     # evaluation: each rank takes every world-th test sample, unpadded, and the sums are reduced
     test_ids = np.arange(len(test_set))[dist.rank()::dist.world_size()]
     test_loader = cfg.loader if sources[1] is not None else "torch"
-    src, extra = source_of(test_set, sources[1], test_loader)
-    test = build(test_loader, src, test_ids, batch_size=cfg.eval_batch_size, train=False, device=device,
-                 distributed=False, **extra) if len(test_ids) else []
+    test = build(test_loader, test_set, test_ids, batch_size=cfg.eval_batch_size, train=False, device=device,
+                 distributed=False, **extra(test_set, sources[1], test_loader)) if len(test_ids) else []
     return train, test
 
 
