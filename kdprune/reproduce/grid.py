@@ -54,6 +54,7 @@ class Preset:
     teacher: ModelSpec = field(default_factory=lambda: ModelSpec("cnn", 16, 6))
     capacity_teachers: tuple = (ModelSpec("cnn", 4, 6), ModelSpec("cnn", 8, 6))
     capacity_fractions: tuple = (0.1, 0.5)
+    capacity_alpha: float | None = None  # None: the fitted rule's alpha at each fraction
     batch_size: int = 128
     lr: float = 0.05
     temperature: float = 4.0
@@ -92,7 +93,7 @@ PRESETS = {
     "tiny": Preset(name="tiny", dataset="synthetic", synthetic_samples=200, synthetic_shape=(12, 12, 1),
                    fractions=(0.5, 1.0), seeds=(0,), alphas=(0.0, 1.0), student=ModelSpec("cnn", 4, 1),
                    teacher=ModelSpec("cnn", 4, 1), capacity_teachers=(ModelSpec("cnn", 2, 1),),
-                   capacity_fractions=(0.5,), batch_size=50,
+                   capacity_fractions=(0.5,), capacity_alpha=1.0, batch_size=50,
                    score_epochs={"el2n": 1, "grand": 0, "forgetting": 2, "aum": 1}),
 }
 
@@ -140,9 +141,15 @@ def grid_cells(p: Preset, teacher: str, alpha_at) -> list[Cell]:
     return cells
 
 
+def capacity_alpha(p: Preset, alpha_at, f: float) -> float:
+    """The distillation weight of the capacity study at keep fraction ``f``."""
+    return alpha_at(f) if p.capacity_alpha is None else float(p.capacity_alpha)
+
+
 def capacity_cells(p: Preset, teachers: list[str], alpha_at) -> list[Cell]:
-    """The capacity study: random pruning with KD from each teacher at the capacity fractions."""
-    return [make_cell("random", f, alpha_at(f), t, s) for t in teachers for f in p.capacity_fractions
+    """The capacity study: random pruning with KD from each teacher at the capacity fractions, at
+    ``p.capacity_alpha`` when set, else at ``alpha_at(f)``."""
+    return [make_cell("random", f, capacity_alpha(p, alpha_at, f), t, s) for t in teachers for f in p.capacity_fractions
             for s in p.seeds]
 
 

@@ -67,13 +67,17 @@ def alpha_table(p, by_key) -> str:
     return _md_table(["alpha"] + [f"f={f:g}" for f in p.fractions], rows)
 
 
+def _cap_alpha(p, fit, f) -> float:
+    return grid.capacity_alpha(p, lambda x: alphafit.rule_alpha(fit, x), f)
+
+
 def capacity_table(p, by_key, fit, teachers: dict) -> str:
     names = [p.teacher.name, *(s.name for s in p.capacity_teachers)]
     rows = []
     for name in names:
         acc = teachers.get(name, {}).get("test_accuracy")
         rows.append([name, f"{100 * acc:.2f}" if acc is not None else "-"] + [
-            mean_std(_acc(by_key, [grid.make_cell("random", f, alphafit.rule_alpha(fit, f), name, s)
+            mean_std(_acc(by_key, [grid.make_cell("random", f, _cap_alpha(p, fit, f), name, s)
                                    for s in p.seeds])) for f in p.capacity_fractions])
     nokd = [mean_std(_acc(by_key, [grid.make_cell("random", f, 0.0, None, s) for s in p.seeds]))
             for f in p.capacity_fractions]
@@ -170,7 +174,8 @@ def report_markdown(rep, summary, by_key, fit, records, pngs) -> str:
         parts += [f"Best alpha per fraction: {best}. Fitted rule: {fit['form']} with a = {fit['a']:.3f}, "
                   f"b = {fit['b']:.3f}.", ""]
         if p.capacity_fractions and p.capacity_teachers:
-            parts += ["## Teacher capacity (random pruning, KD at the fitted alpha)", "",
+            cap = "the fitted alpha" if p.capacity_alpha is None else f"alpha {p.capacity_alpha:g}"
+            parts += [f"## Teacher capacity (random pruning, KD at {cap})", "",
                       f"The student is {s.model} width {s.width}.", "",
                       capacity_table(p, by_key, fit, rep.teachers), ""]
     parts += ["## Wall time of one student run (s, mean over runs; every run's time is in results.csv)", "",

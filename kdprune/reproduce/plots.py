@@ -95,7 +95,7 @@ def capacity_plot(plt, p, by_key, fit, teachers, path):
     for n in names:
         acc = teachers.get(n, {}).get("test_accuracy")
         label = f"teacher {n}" + (f" ({100 * acc:.1f}%)" if acc is not None else "")
-        bars.append((label, lambda f, n=n: [grid.make_cell("random", f, alphafit.rule_alpha(fit, f), n, s)
+        bars.append((label, lambda f, n=n: [grid.make_cell("random", f, grid.capacity_alpha(p, lambda x: alphafit.rule_alpha(fit, x), f), n, s)
                                             for s in p.seeds]))
     for i, (label, cells_at) in enumerate(bars):
         mean, std = _series(by_key, cells_at, p.capacity_fractions)

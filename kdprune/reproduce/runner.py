@@ -114,7 +114,7 @@ class Reproduction:
         store_path = os.path.join(tdir, "logits")
         if not os.path.isdir(store_path):
             write_teacher_logits(load_model(os.path.join(tdir, "model.pt")), self.train, store_path,
-                                 dtype="float16", progress=self.progress)
+                                 dtype="float16", device=self.device, progress=self.progress)
         self.teachers[spec.name] = {"model": spec.model, "width": spec.width, "epochs": spec.epochs,
                                     "test_accuracy": m["test_accuracy"], "wall_time_s": m["wall_time_s"]}
         self._stores[spec.name] = TeacherStore.open(store_path)
