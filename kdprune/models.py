@@ -103,6 +103,28 @@ class ResNetCifar(nn.Module):
         return self.head(self.embed(x))
 
 
+class ImageNetInput(nn.Module):
+    """kdprune's inputs lie in [-1, 1]; torchvision and timm weights expect ``(x - mean) / std`` of
+    [0, 1] pixels with ImageNet statistics. This layer converts, so pretrained weights see what they
+    were trained on."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("scale", 0.5 / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", (0.5 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+                             / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x):
+        return x * self.scale + self.shift
+
+
+def _imagenet_input(model: nn.Module) -> nn.Module:
+    """``model`` behind :class:`ImageNetInput`; its own weights are under ``.net`` (load pretrained
+    weights with ``wrapped.net.load_state_dict(...)``)."""
+    from collections import OrderedDict
+    return nn.Sequential(OrderedDict(input=ImageNetInput(), net=model))
+
+
 MODELS = {
     "cnn": SmallCNN,
     "resnet20": lambda **kw: ResNetCifar(depth=20, **kw),
@@ -118,7 +140,8 @@ def model_kwargs(name: str, width: int, norm: str = "batch") -> dict:
 
 
 def build_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.Module:
-    """Build a model by name: one of :data:`MODELS`, or ``torchvision:NAME`` / ``timm:NAME``."""
+    """Build a model by name: one of :data:`MODELS`, or ``torchvision:NAME`` / ``timm:NAME`` (behind an
+    :class:`ImageNetInput` layer, so pretrained weights get the input normalisation they expect)."""
     if name.startswith("torchvision:"):
         try:
             import torchvision
@@ -129,13 +152,14 @@ def build_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.M
         arch = name.split(":", 1)[1]
         if arch not in torchvision.models.list_models():
             raise ConfigError(f"torchvision has no model {arch!r}; e.g. torchvision:resnet50, torchvision:resnet18")
-        return torchvision.models.get_model(arch, num_classes=num_classes, **kwargs)
+        return _imagenet_input(torchvision.models.get_model(arch, num_classes=num_classes, **kwargs))
     if name.startswith("timm:"):
         try:
             import timm
         except ImportError as err:
             raise ConfigError(f"--model {name} needs timm: pip install timm") from err
-        return timm.create_model(name.split(":", 1)[1], num_classes=num_classes, in_chans=in_channels, **kwargs)
+        return _imagenet_input(timm.create_model(name.split(":", 1)[1], num_classes=num_classes,
+                                                 in_chans=in_channels, **kwargs))
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}, "
                           "torchvision:NAME or timm:NAME")
