@@ -212,9 +212,9 @@ def test_score_table_holds_each_steps_el2n(data, tmp_path):
         for e, b_ids, logits, labels, out in rec.batches:
             if e == epoch:
                 expect[b_ids.numpy()] = out.el2n.numpy()
-        np.testing.assert_allclose(table[epoch], expect, rtol=1e-6)
+        np.testing.assert_allclose(table[epoch], expect, rtol=1e-3)  # rows are float16
     score = np.load(tmp_path / "el2n.npy")
-    np.testing.assert_allclose(score[ids], table[:, ids].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(score[ids], table[:, ids].astype(np.float32).mean(0), rtol=1e-3)
     assert json.loads((tmp_path / "el2n.json").read_text())["dataset_fingerprint"] == train.fingerprint
 
 

@@ -21,7 +21,7 @@ from kdprune.errors import ConfigError
 from kdprune.train import TrainConfig, train_run
 from kdprune.train import checkpoint as ckpt
 
-N, C = 128, 4
+N, C = 64, 4
 
 
 class Killed(Exception):
@@ -54,11 +54,11 @@ def test_killed_run_resumes_to_the_same_end(tmp_path):
     ids = np.arange(0, N, 1)
     full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
     _, m_full = train_run(cfg(), train, test, ids, out_dir=full, progress=False)
-    # 8 micro-batches per epoch: the 11th is the first half of the second step of epoch 2
+    # 4 micro-batches (2 steps) per epoch: the 7th is the first half of the second step of epoch 2
     with pytest.raises(Killed):
-        train_run(cfg(), train, test, ids, out_dir=cut, callbacks=[KillAt(11)], progress=False)
+        train_run(cfg(), train, test, ids, out_dir=cut, callbacks=[KillAt(7)], progress=False)
     state = ckpt.load(os.path.join(cut, "checkpoint.pt"))
-    assert (state["epoch"], state["step_in_epoch"], state["step"]) == (1, 1, 5)
+    assert (state["epoch"], state["step_in_epoch"], state["step"]) == (1, 1, 3)
     _, m_cut = train_run(cfg(), train, test, ids, out_dir=cut, resume=True, progress=False)
     a, b = load_weights(os.path.join(full, "model.pt")), load_weights(os.path.join(cut, "model.pt"))
     for k in a:

@@ -238,8 +238,8 @@ class Trainer:
                   "train_loss": loss_sum / max(count, 1), "train_accuracy": correct / max(count, 1),
                   "samples": int(count), "time_s": time.perf_counter() - start}
         if self.scores is not None:
-            row = self.scores.end_epoch()
-            seen = row[~torch.from_numpy(row).isnan().numpy()]
+            row = self.scores.end_epoch().astype("float32")
+            seen = row[row == row]  # drop the NaNs of samples outside the subset
             record["el2n_mean"] = float(seen.mean()) if seen.size else float("nan")
         last = epoch + 1 == self.cfg.epochs
         if self.eval_loader is not None and (last or (self.cfg.eval_every and (epoch + 1) % self.cfg.eval_every == 0)):
@@ -341,7 +341,7 @@ def fit(model, loader, *, loss_fn, epochs: int | None = None, lr: float | None =
     :class:`Trainer`. ``config`` (a TrainConfig) gives every option; the keywords ``epochs``, ``lr``,
     ``optimizer``, ``weight_decay``, ``device`` and any other TrainConfig field in ``options``
     override it."""
-    cfg = config or TrainConfig()
+    cfg = config or TrainConfig(eval_every=1)  # without a config, evaluate after every epoch as before
     given = {"epochs": epochs, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
              "device": None if device is None else str(device)}
     cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None}, **options)
