@@ -124,6 +124,7 @@ class Trainer:
         self.history = History()
         self.epoch = self.step_in_epoch = self.step = 0
         self.elapsed = 0.0
+        self._pool = None  # the teacher-prefetch thread, made on first use
 
     # ------------------------------------------------------------------ the run
     def fit(self, resume: bool = False) -> History:
@@ -155,12 +156,12 @@ class Trainer:
         bar = tqdm(total=n_micro, initial=micro, desc=f"{self.desc} {epoch + 1}/{cfg.epochs}",
                    disable=not (self.progress and self.main), leave=False)
         self.timer.start()
-        for batch in batches:
+        for batch, t_logits in self._with_teacher(batches, epoch):
             self.timer.mark("data")
             group_start = micro - micro % accum
             group = min(accum, n_micro - group_start)
             last = micro + 1 == group_start + group
-            out, logits = self._micro_step(batch, epoch, group, last)
+            out, logits = self._micro_step(batch, epoch, group, last, t_logits)
             with torch.no_grad():
                 loss = out.loss.detach().double()
                 finite = torch.isfinite(loss)
@@ -182,11 +183,33 @@ class Trainer:
             self.timer.start()
         bar.close()
 
-    def _micro_step(self, batch, epoch: int, group: int, last: bool):
+    def _with_teacher(self, batches, epoch: int):
+        """``(batch, pending)`` pairs: for a teacher that allows it (a store), ``pending`` is the future of
+        its logits, gathered in a thread one batch ahead; else None (the step calls the teacher)."""
+        if not getattr(self.teacher, "prefetch", False):
+            for batch in batches:
+                yield batch, None
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="kdprune-teacher")
+        it = iter(batches)
+        nxt = next(it, None)
+        pending = self._pool.submit(self.teacher, nxt, epoch) if nxt is not None else None
+        while nxt is not None:
+            batch, current = nxt, pending
+            nxt = next(it, None)
+            pending = self._pool.submit(self.teacher, nxt, epoch) if nxt is not None else None
+            yield batch, current
+
+    def _micro_step(self, batch, epoch: int, group: int, last: bool, pending=None):
         cfg = self.cfg
         x = batch.x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else batch.x
-        with autocast(self.device, cfg.amp):
-            t_logits = self.teacher(batch._replace(x=x), epoch) if self.teacher is not None else None
+        if pending is not None:
+            t_logits = pending.result()
+        else:
+            with autocast(self.device, cfg.amp):
+                t_logits = self.teacher(batch._replace(x=x), epoch) if self.teacher is not None else None
         self.timer.mark("teacher")
         # between optimizer steps DDP must not all-reduce: gradients accumulate locally
         no_sync = self.ddp.no_sync() if (self.ddp is not self.model and not last) else contextlib.nullcontext()

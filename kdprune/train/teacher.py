@@ -28,9 +28,14 @@ class StoredTeacher:
     def views(self) -> int:
         return self.store.views
 
+    # the trainer may run this one batch ahead in a thread: gathering is host work (memory-mapped reads
+    # in C++) that overlaps the device's step instead of adding to it
+    prefetch = True
+
     def __call__(self, batch, epoch: int) -> torch.Tensor:
-        logits = self.store.gather(batch.ids.cpu(), view=epoch % self.store.views)
-        return logits.to(batch.x.device, non_blocking=True)
+        cuda = batch.x.is_cuda
+        logits = self.store.gather(batch.ids.cpu(), view=epoch % self.store.views, pin_memory=cuda)
+        return logits.to(batch.x.device, non_blocking=cuda)
 
 
 class OnlineTeacher:
