@@ -1,0 +1,188 @@
+"""``kd_loss``: input checks, backend choice and the autograd.Function over the fused ops.
+
+Backends (an explicit string, chosen once per call):
+
+- ``"cpu"``: ``torch.ops.kdprune.kd_loss_fwd`` from ``csrc/kd_loss.cpp`` (CPU tensors);
+- ``"triton"``: ``torch.ops.kdprune.kd_loss_fwd_triton`` from ``kdprune.kernels.kd_loss`` (CUDA
+  tensors, or CPU tensors under ``TRITON_INTERPRET=1``);
+- ``"torch"``: the pure-torch reference ``kd_loss_ref`` (any device, float64 too), differentiated by
+  autograd;
+- ``"auto"``: CUDA -> ``"triton"``; CPU -> ``"cpu"`` when the extension is built, else ``"torch"``.
+
+Both fused ops compute the per-row gradient in the forward pass into a buffer (a fresh one, or the
+student logits themselves with ``inplace=True``); backward only scales it by ``grad_output / denom``.
+Under ``torch.no_grad()`` (or when the student does not require grad) no B x C buffer is allocated.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Union
+
+import torch
+
+from kdprune.errors import ConfigError
+from kdprune.loss.alpha import alpha_for_fraction
+from kdprune.loss.reference import REDUCTIONS, KDOutput, kd_loss_ref
+
+BACKENDS = ("auto", "triton", "cpu", "torch")
+_REDUCTION_CODE = {"none": 0, "mean": 1, "sum": 2}
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _fake_forward(student, teacher, labels, grad, alpha, temperature, label_smoothing, ignore_index, reduction):
+    B = student.shape[0]
+    f32 = dict(device=student.device, dtype=torch.float32)
+    loss = torch.empty((B,) if reduction == 0 else (), **f32)
+    return loss, torch.empty(B, **f32), torch.empty(B, **f32), torch.empty(B, **f32), torch.empty((), **f32)
+
+
+def _register_cpu_op() -> bool:
+    """Load the C++ op and give it a fake impl, so torch.compile can trace it; False when unbuilt."""
+    from kdprune import _native
+
+    if not _native.available():
+        return False
+    torch.library.register_fake("kdprune::kd_loss_fwd")(_fake_forward)
+    return True
+
+
+def _register_triton_ops() -> bool:
+    """Import the Triton kernels (which registers their ops) where they can run: with CUDA, or under
+    TRITON_INTERPRET=1. Done at import, because ops cannot be registered while torch.compile traces."""
+    if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+        return False
+    try:
+        import kdprune.kernels.kd_loss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_HAS_CPU_OP = _register_cpu_op()
+_HAS_TRITON_OPS = _register_triton_ops()
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend for ``backend`` on ``device``, with an error naming the fix when the pair
+    cannot work."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"kd_loss: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if device.type == "cuda":
+            return "triton"
+        return "cpu" if device.type == "cpu" and _HAS_CPU_OP else "torch"
+    if backend == "cpu" and device.type != "cpu":
+        raise ConfigError(f"kd_loss: backend='cpu' needs CPU tensors, got {device}; use backend='auto'")
+    if backend == "cpu" and not _HAS_CPU_OP:
+        raise ConfigError("kd_loss: backend='cpu' needs the C++ extension kdprune._C; build it with "
+                          "`pip install -e . --no-build-isolation`, or use backend='torch'")
+    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError(f"kd_loss: backend='triton' needs CUDA tensors, got {device} "
+                          "(or set TRITON_INTERPRET=1 before importing triton); use backend='auto'")
+    if backend == "triton" and not _HAS_TRITON_OPS:
+        raise ConfigError("kd_loss: backend='triton' needs triton (`pip install triton`) and CUDA; "
+                          "use backend='torch' without them")
+    return backend
+
+
+def _check_settings(alpha, temperature, reduction, label_smoothing, backend):
+    """The scalar settings, checked once (by KDLoss at construction, by kd_loss per call)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"kd_loss: alpha must be in [0, 1] (the weight of the distillation term), got {alpha}")
+    if not temperature > 0.0:
+        raise ConfigError(f"kd_loss: temperature must be > 0, got {temperature}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ConfigError(f"kd_loss: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if reduction not in REDUCTIONS:
+        raise ConfigError(f"kd_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"kd_loss: backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def _check_tensors(student, teacher, labels, backend):
+    if student.dim() != 2:
+        raise ValueError(f"kd_loss: student logits must be [B, C], got shape {tuple(student.shape)}")
+    if teacher is None or teacher.shape != student.shape:
+        got = None if teacher is None else tuple(teacher.shape)
+        raise ValueError(f"kd_loss: teacher logits must have the student's shape {tuple(student.shape)}, got {got}")
+    if labels.shape != (student.shape[0],):
+        raise ValueError(f"kd_loss: labels must be [B] = [{student.shape[0]}], got shape {tuple(labels.shape)}")
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise ValueError(f"kd_loss: labels must be an integer tensor, got {labels.dtype}")
+    if student.device != teacher.device or student.device != labels.device:
+        raise ValueError(f"kd_loss: student ({student.device}), teacher ({teacher.device}) and labels "
+                         f"({labels.device}) must be on one device")
+    if backend != "torch":
+        for name, x in (("student", student), ("teacher", teacher)):
+            if x.dtype not in _KERNEL_DTYPES:
+                raise ValueError(f"kd_loss: backend {backend!r} takes float32/bfloat16/float16 {name} logits, got "
+                                 f"{x.dtype}; use backend='torch' for {x.dtype}")
+
+
+class _FusedKDLoss(torch.autograd.Function):
+    """Forward runs a fused op that also writes the per-row gradient; backward scales it."""
+
+    @staticmethod
+    def forward(ctx, student, teacher, labels, alpha, temperature, label_smoothing, ignore_index, reduction,
+                backend, inplace, needs_grad):
+        grad = None
+        if needs_grad:
+            grad = student if inplace else torch.empty_like(student)
+        code = _REDUCTION_CODE[reduction]
+        op = torch.ops.kdprune.kd_loss_fwd if backend == "cpu" else torch.ops.kdprune.kd_loss_fwd_triton
+        loss, ce, kl, el2n, denom = op(student, teacher, labels, grad, alpha, temperature, label_smoothing,
+                                       ignore_index, code)
+        ctx.backend, ctx.inplace = backend, inplace
+        ctx.save_for_backward(grad, denom)
+        ctx.mark_non_differentiable(ce, kl, el2n)
+        return loss, ce, kl, el2n
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        grad, denom = ctx.saved_tensors
+        if grad is None:
+            raise RuntimeError("kd_loss: backward through a loss computed without gradient (the student "
+                               "logits did not require grad when the loss was computed)")
+        if ctx.backend == "triton" and not ctx.inplace:
+            dz = torch.ops.kdprune.kd_loss_bwd_triton(grad, grad_loss.float(), denom)
+        else:
+            scale = grad_loss.float() / denom
+            scale = scale[:, None] if scale.dim() == 1 else scale
+            dz = grad.mul_(scale) if ctx.inplace else (grad * scale).to(grad.dtype)
+        return dz, None, None, None, None, None, None, None, None, None, None
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
+            alpha: Union[float, str], temperature: float, reduction: str = "mean", ignore_index: int = -100,
+            label_smoothing: float = 0.0, backend: str = "auto", keep_fraction: Optional[float] = None,
+            inplace: bool = False) -> KDOutput:
+    """Fused knowledge-distillation loss.
+
+    Per sample ``(1 - alpha) * CE_eps(z, y) + alpha * T^2 * KL(softmax(t/T) || softmax(z/T))``, reduced by
+    ``reduction`` (``"mean"`` divides by the number of rows whose label is not ``ignore_index``, at least 1).
+    Returns ``KDOutput(loss, ce, kl, el2n)``: ``loss`` is fp32; ``ce``, ``kl`` (at T, without T^2) and
+    ``el2n = ||softmax(z) - onehot(y)||_2`` are detached fp32 [B], 0 on ignored rows.
+
+    ``alpha="auto"`` takes ``alpha_for_fraction(keep_fraction)``. ``inplace=True`` writes the gradient
+    into ``student_logits`` (saving a B x C buffer; the logits are overwritten, so nothing else may
+    use them after this call). The gradient flows to the student only; the teacher is a constant.
+    """
+    if isinstance(alpha, str):
+        if alpha != "auto":
+            raise ConfigError(f"kd_loss: alpha must be a number in [0, 1] or 'auto', got {alpha!r}")
+        if keep_fraction is None:
+            raise ConfigError("kd_loss: alpha='auto' needs keep_fraction (the fraction of the dataset kept)")
+        alpha = alpha_for_fraction(keep_fraction)
+    alpha, temperature, label_smoothing = float(alpha), float(temperature), float(label_smoothing)
+    _check_settings(alpha, temperature, reduction, label_smoothing, backend)
+    chosen = resolve_backend(backend, student_logits.device)
+    _check_tensors(student_logits, teacher_logits, labels, chosen)
+    if chosen == "torch":
+        return kd_loss_ref(student_logits, teacher_logits, labels, alpha=alpha, temperature=temperature,
+                           reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing)
+    labels = labels if labels.dtype == torch.int64 else labels.long()
+    teacher = teacher_logits.detach()
+    needs_grad = torch.is_grad_enabled() and student_logits.requires_grad
+    loss, ce, kl, el2n = _FusedKDLoss.apply(student_logits, teacher, labels, alpha, temperature, label_smoothing,
+                                            int(ignore_index), reduction, chosen, bool(inplace), needs_grad)
+    return KDOutput(loss, ce, kl, el2n)

@@ -1,0 +1,51 @@
+"""``KDLoss``: the fused KD loss as an ``nn.Module`` holding its settings."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from kdprune.loss.function import kd_loss
+from kdprune.loss.reference import KDOutput
+
+
+class KDLoss(torch.nn.Module):
+    """``KDLoss(alpha, temperature)(student_logits, teacher_logits, labels) -> KDOutput``.
+
+    ``alpha="auto"`` resolves alpha once, here, from ``keep_fraction`` via ``alpha_for_fraction``;
+    ``self.alpha`` is then the number used. The other arguments are those of :func:`kdprune.kd_loss`.
+    """
+
+    def __init__(self, alpha: Union[float, str] = 0.5, temperature: float = 4.0, *, reduction: str = "mean",
+                 ignore_index: int = -100, label_smoothing: float = 0.0, backend: str = "auto",
+                 keep_fraction: Optional[float] = None, inplace: bool = False):
+        super().__init__()
+        if isinstance(alpha, str):
+            from kdprune.errors import ConfigError
+            from kdprune.loss.alpha import alpha_for_fraction
+
+            if alpha != "auto":
+                raise ConfigError(f"KDLoss: alpha must be a number in [0, 1] or 'auto', got {alpha!r}")
+            if keep_fraction is None:
+                raise ConfigError("KDLoss: alpha='auto' needs keep_fraction (the fraction of the dataset kept)")
+            alpha = alpha_for_fraction(keep_fraction)
+        self.alpha = float(alpha)
+        self.temperature = float(temperature)
+        self.reduction = reduction
+        self.ignore_index = int(ignore_index)
+        self.label_smoothing = float(label_smoothing)
+        self.backend = backend
+        self.keep_fraction = keep_fraction
+        self.inplace = inplace
+        # fail at construction, not at the first step
+        from kdprune.loss.function import _check_settings
+        _check_settings(self.alpha, self.temperature, self.reduction, self.label_smoothing, self.backend)
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> KDOutput:
+        return kd_loss(student_logits, teacher_logits, labels, alpha=self.alpha, temperature=self.temperature,
+                       reduction=self.reduction, ignore_index=self.ignore_index,
+                       label_smoothing=self.label_smoothing, backend=self.backend, inplace=self.inplace)
+
+    def extra_repr(self) -> str:
+        return (f"alpha={self.alpha:g}, temperature={self.temperature:g}, reduction={self.reduction!r}, "
+                f"label_smoothing={self.label_smoothing:g}, backend={self.backend!r}")
