@@ -39,7 +39,7 @@ def test_imagenet_recipe_end_to_end(tmp_path):
     data = ["--dataset", "folder", "--data-dir", str(root)]
 
     # 1. the teacher (on a GPU machine: a pretrained torchvision model saved with save_model)
-    assert cli(["teacher", *data, "--config", CONFIG, *SMALL, "--epochs", "2", "--amp", "none", "--out", str(tmp_path / "teacher")]) == 0
+    assert cli(["teacher", *data, "--config", CONFIG, *SMALL, "--epochs", "1", "--amp", "none", "--out", str(tmp_path / "teacher")]) == 0
     # 2. its logits on 2 augmented views of every training image
     assert cli(["logits", *data, "--teacher", str(tmp_path / "teacher" / "model.pt"), "--views", "2",
                 "--batch-size", "16", "--no-progress", "--out", str(tmp_path / "logits")]) == 0
