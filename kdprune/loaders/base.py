@@ -13,6 +13,10 @@ from kdprune.data import Augment, to_float
 from kdprune.errors import DataError
 from kdprune.loaders.batch import Batch, check_ids, epoch_order, resolve_distributed
 
+# Set once an FFCV or DALI loader has started native threads in this process (a later fork, such as
+# FFCV's writer workers, is then unsafe: see ffcv_backend.write_beton).
+NATIVE_THREADS = {"started": False}
+
 
 class ReadCounter:
     """How many times each sample was read, counted where the bytes are read or decoded.

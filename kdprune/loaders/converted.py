@@ -63,7 +63,8 @@ def read_manifest(path: str, fmt: str, source=None) -> dict:
                         f"not {fmt!r} version {VERSION}; {redo}")
     base = os.path.dirname(where)
     for name, size in manifest["files"].items():
-        full = os.path.join(base, name)
+        # a .beton is its own data file, whatever it has been renamed to since
+        full = path if fmt == "ffcv" else os.path.join(base, name)
         if not os.path.exists(full):
             raise DataError(f"{full} is missing from the converted dataset at {path}; {redo}")
         if os.path.getsize(full) != size:

@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from kdprune.errors import DataError
-from kdprune.loaders.base import KeptIdLoader
+from kdprune.loaders.base import NATIVE_THREADS, KeptIdLoader
 from kdprune.loaders.converted import check_index_fingerprint, read_manifest, source_info, write_manifest
 
 
@@ -105,6 +105,7 @@ class DALILoader(KeptIdLoader):
             import nvidia.dali.types as types
             from nvidia.dali import Pipeline
 
+            NATIVE_THREADS["started"] = True
             pipe = Pipeline(batch_size=self.batch_size, num_threads=self.workers, device_id=None,
                             seed=self.seed, prefetch_queue_depth=2)
             with pipe:

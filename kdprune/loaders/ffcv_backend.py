@@ -11,22 +11,48 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from kdprune.errors import DataError
-from kdprune.loaders.base import KeptIdLoader, ReadCounter
+from kdprune.loaders.base import NATIVE_THREADS, KeptIdLoader, ReadCounter
 from kdprune.loaders.converted import check_index_fingerprint, read_manifest, source_info, write_manifest
 
 FIELDS = ("image", "label", "id")
 
 
+@contextmanager
+def _torch_threads_kept():
+    """FFCV sets torch's global thread count (to 1 when imported, to ``num_workers`` when a Loader is
+    made or an epoch starts); keep the caller's setting."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def write_beton(source, path: str, *, workers: int = 2, jpeg_quality: int = 90) -> dict:
     """Convert an :class:`ArrayDataset` (raw uint8 arrays) or a JPEG :class:`FolderDataset`
-    (re-encoded as JPEG by FFCV) to ``path`` (.beton) plus its manifest; returns the manifest."""
-    from ffcv.fields import IntField, NDArrayField, RGBImageField
-    from ffcv.writer import DatasetWriter
+    (re-encoded as JPEG by FFCV) to ``path`` (.beton) plus its manifest; returns the manifest.
+
+    FFCV's writer forks its worker processes. A fork taken while FFCV's or DALI's native decode
+    threads exist can deadlock in the child, so once this process has started a loader the write
+    runs in a freshly spawned process instead."""
+    if NATIVE_THREADS["started"]:
+        import multiprocessing
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(1) as pool:
+            return pool.apply(_write_beton, (source, path, workers, jpeg_quality))
+    return _write_beton(source, path, workers, jpeg_quality)
+
+
+def _write_beton(source, path, workers, jpeg_quality):
+    with _torch_threads_kept():
+        from ffcv.fields import IntField, NDArrayField, RGBImageField
+        from ffcv.writer import DatasetWriter
 
     from kdprune.data.folder import FolderDataset
     if isinstance(source, FolderDataset):
@@ -115,27 +141,27 @@ class FFCVLoader(KeptIdLoader):
         return self._ffcv
 
     def _make_loader(self):
-        from ffcv.fields.basics import IntDecoder
-        from ffcv.fields.ndarray import NDArrayDecoder
-        from ffcv.fields.rgb_image import SimpleRGBImageDecoder
-        from ffcv.loader import Loader
-        from numba.core.errors import NumbaWarning
+        with _torch_threads_kept():
+            from ffcv.fields.basics import IntDecoder
+            from ffcv.fields.ndarray import NDArrayDecoder
+            from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+            from ffcv.loader import Loader
+            from numba.core.errors import NumbaWarning
 
-        raw = self.manifest["encoding"] == "raw"
-        decoder = _counting(NDArrayDecoder if raw else SimpleRGBImageDecoder, self.counter)
-        threads = torch.get_num_threads()
-        try:
-            with warnings.catch_warnings():
-                # numba warns that the object-mode block (the read count) runs without parallelism
-                warnings.simplefilter("ignore", NumbaWarning)
+            NATIVE_THREADS["started"] = True
+            raw = self.manifest["encoding"] == "raw"
+            decoder = _counting(NDArrayDecoder if raw else SimpleRGBImageDecoder, self.counter)
+            # numba warns, when it compiles the pipeline at the first batch, that the object-mode
+            # block (the read count, once per batch) runs without parallelism: true, and harmless
+            warnings.filterwarnings("ignore", message="Code running in object mode won't allow parallel",
+                                    category=NumbaWarning)
+            try:
                 return Loader(self.path, batch_size=self.batch_size, num_workers=self.workers,
                               order=_kept_order(self), indices=self.ids, distributed=self.world > 1,
                               seed=self.seed, drop_last=False, os_cache=True,
                               pipelines={"image": [decoder()], "label": [IntDecoder()], "id": [IntDecoder()]})
-        except TypeError as err:  # FFCV's decoder refuses images of several sizes this way
-            raise DataError(f"{self.path}: {err}") from err
-        finally:
-            torch.set_num_threads(threads)  # FFCV sets torch's global thread count to num_workers
+            except TypeError as err:  # FFCV's decoder refuses images of several sizes this way
+                raise DataError(f"{self.path}: {err}") from err
 
     def _decoded_batches(self, order):
         loader = self._loader()

@@ -11,7 +11,7 @@ import torch
 
 from kdprune.data import Augment, to_float
 from kdprune.loaders.batch import Batch
-from kdprune.loaders.base import KeptIdLoader, ReadCounter, stack_images
+from kdprune.loaders.base import NATIVE_THREADS, KeptIdLoader, ReadCounter, stack_images
 
 
 class ArrayLoader(KeptIdLoader):
@@ -87,10 +87,13 @@ class FolderLoader(KeptIdLoader):
 
     def _data_loader(self):
         if self._loader is None:  # built once: persistent workers keep start-up out of every epoch
+            # forking after FFCV's or DALI's native threads started can deadlock the workers: spawn then
+            context = "spawn" if NATIVE_THREADS["started"] and self.workers > 0 else None
             self._loader = torch.utils.data.DataLoader(
                 _FolderSamples(self.folder, self.counter), batch_sampler=_EpochBatches(self),
                 num_workers=self.workers, collate_fn=_Collate(self.augment, self.folder.name),
-                persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers > 0 else None)
+                persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers > 0 else None,
+                multiprocessing_context=context)
         return self._loader
 
     def __iter__(self):

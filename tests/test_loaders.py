@@ -1,0 +1,263 @@
+"""The loaders' contract on all three backends (torch, FFCV, DALI), on the CPU, for both kinds of
+source (raw arrays and a JPEG folder): the ids served in an epoch are exactly the kept ids, each once;
+nothing outside them is read (counted where the bytes are read or decoded); the order is one
+permutation per (seed, epoch), the same on every backend; the training crop replays the teacher
+store's view ``epoch % views``; bad input gives a clear error.
+
+Sizes: 600 raw 28x28 samples and 96 JPEGs of 32 px in 4 classes, kept subsets of 0.3 to 0.5 with
+batch sizes that leave a partial last batch; FFCV compiles its pipeline per loader (seconds each),
+so the module builds few FFCV loaders and reuses them.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from kdprune.cli import main as cli
+from kdprune.data import Augment, synthetic, to_float
+from kdprune.data.augment import crop_resize
+from kdprune.data.folder import FolderDataset, write_jpeg_folder
+from kdprune.errors import ConfigError, DataError
+from kdprune.loaders import build
+from kdprune.selection import IndexSet
+
+BACKENDS = ("torch", "ffcv", "dali")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Two sources, each converted for FFCV and DALI (the DALI ones through the CLI)."""
+    root = tmp_path_factory.mktemp("loaders")
+    arrays = synthetic(600, 10, (28, 28, 1), seed=3)
+    folder = write_jpeg_folder(str(root / "jpegs"), 96, num_classes=4, size=32, seed=1)
+    from kdprune.loaders.dali_backend import write_dali
+    from kdprune.loaders.ffcv_backend import write_beton
+    out = {"arrays": {"source": arrays}, "folder": {"source": folder}}
+    for name, entry in out.items():
+        entry["ffcv"] = str(root / f"{name}.beton")
+        write_beton(entry["source"], entry["ffcv"], workers=1)
+        entry["dali"] = str(root / f"{name}_dali")
+    write_dali(arrays, out["arrays"]["dali"])
+    assert cli(["convert", "--format", "dali", "--dataset", "folder", "--data-dir", folder.root,
+                "--out", out["folder"]["dali"]]) == 0
+    return out
+
+
+def make(backend, entry, ids, **kw):
+    kw.setdefault("batch_size", 32)
+    kw.setdefault("train", True)
+    kw.setdefault("seed", 5)
+    if backend == "torch":
+        return build("torch", entry["source"], ids, workers=1, **kw)
+    return build(backend, entry["source"], ids, path=entry[backend], workers=1, **kw)
+
+
+def kept(n, fraction, seed=0):
+    rng = np.random.default_rng(seed)
+    return IndexSet(rng.choice(n, int(round(fraction * n)), replace=False), {"num_samples": n})
+
+
+def raw_images(entry, ids):
+    src = entry["source"]
+    if isinstance(src, FolderDataset):
+        return np.stack([src.decode(i) for i in ids])
+    return src.images[ids]
+
+
+@pytest.mark.parametrize("name", ["arrays", "folder"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_epoch_serves_exactly_the_kept_ids_and_reads_nothing_else(backend, name, data):
+    entry = data[name]
+    n = len(entry["source"])
+    index = kept(n, 0.35, seed=len(name))
+    loader = make(backend, entry, index, batch_size=13 if name == "folder" else 32)
+    orders = []
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        batches = list(loader)
+        assert len(batches) == len(loader) == -(-len(index) // loader.batch_size)
+        served = np.concatenate([b.ids.numpy() for b in batches])
+        assert all(b.ids.dtype == torch.int64 for b in batches)
+        assert sorted(served.tolist()) == index.ids.tolist()  # exactly the IndexSet, each once
+        np.testing.assert_array_equal(served, loader.order())
+        for b in batches:
+            np.testing.assert_array_equal(b.y.numpy(), entry["source"].labels[b.ids.numpy()])
+            assert b.x.shape[0] == len(b.ids) and b.x.dtype == torch.float32
+        orders.append(served)
+    assert not np.array_equal(orders[0], orders[1])  # reshuffled by epoch
+    counts = loader.counter.counts
+    assert (counts[index.ids] == 2).all()  # read once per epoch
+    outside = np.setdiff1d(np.arange(n), index.ids)
+    assert counts[outside].sum() == 0, "a sample outside the IndexSet was read"
+
+
+def test_all_backends_serve_the_same_order(data):
+    threads = torch.get_num_threads()
+    entry = data["arrays"]
+    index = kept(600, 0.3, seed=9)
+    served = {}
+    for backend in BACKENDS:
+        loader = make(backend, entry, index, batch_size=50, seed=11)
+        loader.set_epoch(3)
+        served[backend] = np.concatenate([b.ids.numpy() for b in loader])
+    np.testing.assert_array_equal(served["torch"], served["ffcv"])
+    np.testing.assert_array_equal(served["torch"], served["dali"])
+    assert torch.get_num_threads() == threads  # FFCV's global thread setting was undone
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_drop_last_serves_only_full_batches(backend, data):
+    entry = data["arrays"]
+    index = kept(600, 0.3, seed=2)  # 180 ids, batch 64: two full batches, 52 dropped
+    loader = make(backend, entry, index, batch_size=64, drop_last=True)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 2 and all(len(b.ids) == 64 for b in batches)
+    served = np.concatenate([b.ids.numpy() for b in batches])
+    assert len(np.unique(served)) == 128 and np.isin(served, index.ids).all()
+    assert loader.counter.total == 128  # the dropped tail is not even read
+
+
+@pytest.mark.parametrize("name", ["arrays", "folder"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_crop_replays_the_store_view(backend, name, data):
+    """Epoch 4 with 3 views draws view 1: the batch equals the crop box + flip that
+    Augment.boxes gives for (view 1, id), the one the teacher store's view 1 was computed on."""
+    entry = data[name]
+    augment = Augment(seed=7, out_size=(24, 24))
+    index = kept(len(entry["source"]), 0.5, seed=4)
+    loader = make(backend, entry, index, augment=augment, views=3)
+    loader.set_epoch(4)
+    batch = next(iter(loader))
+    ids = batch.ids.numpy()
+    if backend == "ffcv" and name == "folder":
+        # FFCV re-encodes JPEGs at conversion: the reference is its own decode of the same ids
+        plain = make(backend, entry, IndexSet(ids), train=False, batch_size=len(ids))
+        decoded = next(iter(plain))
+        full = decoded.x[np.searchsorted(decoded.ids.numpy(), ids)]
+    else:
+        full = to_float(raw_images(entry, ids))
+
+    def view(v):
+        box, flips = augment.boxes(v, ids, full.shape[2], full.shape[3])
+        return crop_resize(full, box, flips, (24, 24))
+
+    assert tuple(batch.x.shape[2:]) == (24, 24)
+    torch.testing.assert_close(batch.x, view(1), atol=1e-5, rtol=0)
+    assert (batch.x - view(0)).abs().max() > 0.1  # a wrong view would be caught
+
+
+def test_evaluation_serves_in_id_order_without_augmentation(data):
+    entry = data["arrays"]
+    index = kept(600, 0.2)
+    loader = make("dali", entry, index, train=False, augment=Augment(seed=1))
+    batches = list(loader)
+    np.testing.assert_array_equal(np.concatenate([b.ids.numpy() for b in batches]), index.ids)
+    torch.testing.assert_close(batches[0].x, to_float(entry["source"].images[batches[0].ids.numpy()]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_ids_are_refused(backend, data):
+    entry = data["arrays"]
+    with pytest.raises(DataError, match=r"must lie in \[0, 600\)"):
+        make(backend, entry, np.array([3, 600]))
+    with pytest.raises(DataError, match="empty"):
+        make(backend, entry, IndexSet(np.zeros(0, dtype=np.int64)))
+
+
+@pytest.mark.parametrize("backend", ["ffcv", "dali"])
+def test_missing_stale_and_truncated_conversions_are_refused(backend, data, tmp_path):
+    entry = data["arrays"]
+    ids = np.arange(10)
+    with pytest.raises(DataError, match="kdprune convert"):
+        build(backend, str(tmp_path / "nothing"), ids, batch_size=4, train=False)
+    with pytest.raises(DataError, match="kdprune convert"):
+        build(backend, entry["source"], ids, batch_size=4, train=False)  # no path given
+    other = synthetic(600, 10, (28, 28, 1), seed=4)  # same shape, other content
+    with pytest.raises(DataError, match="stale"):
+        build(backend, other, ids, path=entry[backend], batch_size=4, train=False)
+    wrong = IndexSet(ids, {"dataset_fingerprint": other.fingerprint})
+    with pytest.raises(DataError, match="made for dataset"):
+        build(backend, entry[backend], wrong, batch_size=4, train=False)
+    # a copy of the conversion whose data file was cut short after the manifest was written
+    import shutil
+    if backend == "ffcv":
+        path = str(tmp_path / "copy.beton")
+        shutil.copy(entry["ffcv"], path)
+        shutil.copy(entry["ffcv"] + ".json", path + ".json")
+        data_file = path
+    else:
+        path = str(tmp_path / "copy_dali")
+        shutil.copytree(entry["dali"], path)
+        data_file = os.path.join(path, "images.npy")
+    with open(data_file, "r+b") as f:
+        f.truncate(os.path.getsize(data_file) - 100)
+    with pytest.raises(DataError, match="truncated"):
+        build(backend, entry["source"], ids, path=path, batch_size=4, train=False)
+
+
+def test_manifest_records_the_source_fingerprint(data):
+    entry = data["folder"]
+    with open(os.path.join(entry["dali"], "manifest.json")) as f:
+        manifest = json.load(f)
+    assert manifest["fingerprint"] == entry["source"].fingerprint and manifest["num_samples"] == 96
+    with open(entry["ffcv"] + ".json") as f:
+        assert json.load(f)["fingerprint"] == entry["source"].fingerprint
+
+
+def test_folder_fingerprint_tracks_files(tmp_path):
+    folder = write_jpeg_folder(str(tmp_path / "f"), 12, num_classes=3, size=16)
+    before = folder.fingerprint
+    assert FolderDataset(folder.root).fingerprint == before
+    os.remove(folder.paths[-1])
+    assert FolderDataset(folder.root).fingerprint != before
+    with pytest.raises(DataError, match="does not exist"):
+        FolderDataset(str(tmp_path / "nope"))
+
+
+def test_unknown_backend_is_refused(data):
+    with pytest.raises(ConfigError, match="choose one of"):
+        build("jax", data["arrays"]["source"], np.arange(4), batch_size=2, train=False)
+
+
+# --- DDP: two gloo processes on the CPU -------------------------------------------------------------
+
+def _ddp_rank(rank, world, init_file, jobs, out_dir):
+    """One rank: every loader finds torch.distributed initialised and serves this rank's shard."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        for key, (backend, source, path, ids) in jobs.items():
+            extra = {"workers": 1} if backend == "torch" else {"path": path, "workers": 1}
+            loader = build(backend, source, ids, batch_size=16, train=True, seed=3, **extra)
+            loader.set_epoch(2)
+            served = np.concatenate([b.ids.numpy() for b in loader])
+            np.save(os.path.join(out_dir, f"{key}-{rank}.npy"), served)
+            np.save(os.path.join(out_dir, f"{key}-{rank}-reads.npy"), loader.counter.counts)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_shards_are_disjoint_equal_and_cover_the_index_set(data, tmp_path):
+    even, odd = kept(600, 0.3, seed=1), kept(96, 0.5, seed=2).ids[:-1]  # 180 and 47 ids
+    jobs = {}
+    for backend in BACKENDS:
+        jobs[f"{backend}-arrays"] = (backend, data["arrays"]["source"], data["arrays"].get(backend), even.ids)
+        jobs[f"{backend}-folder"] = (backend, data["folder"]["source"], data["folder"].get(backend), odd)
+    torch.multiprocessing.spawn(_ddp_rank, args=(2, str(tmp_path / "init"), jobs, str(tmp_path)), nprocs=2)
+    for key, (_, _, _, ids) in jobs.items():
+        shards = [np.load(tmp_path / f"{key}-{r}.npy") for r in range(2)]
+        assert len(shards[0]) == len(shards[1]) == -(-len(ids) // 2), key  # equal length
+        union = np.concatenate(shards)
+        np.testing.assert_array_equal(np.unique(union), np.sort(ids))  # union is the IndexSet
+        overlap = np.intersect1d(shards[0], shards[1])
+        # disjoint; an odd set pads rank 1 with one id from the start of the permutation, as
+        # DistributedSampler does, so the shards stay equal
+        assert len(overlap) == len(union) - len(ids), key
+        for r in range(2):  # each rank read its own shard and nothing else
+            reads = np.load(tmp_path / f"{key}-{r}-reads.npy")
+            assert reads.sum() == len(shards[r]) and (reads[np.unique(shards[r])] >= 1).all(), key
