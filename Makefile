@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 APT_PACKAGES := dataset-fashion-mnist pkg-config libopencv-dev libturbojpeg0-dev g++
-EXTRAS ?= dev,plot
+EXTRAS ?= dev,ffcv,dali,plot
 STAMP := $(VENV)/.kdprune-$(EXTRAS)
 SOURCES := $(wildcard csrc/*.cpp csrc/*.h) setup.py pyproject.toml
 

@@ -121,15 +121,25 @@ class DALILoader(KeptIdLoader):
     def _decoded_batches(self, order):
         self._source.order = order
         pipe = self._pipeline()
-        while True:
-            try:
-                images, labels, ids = pipe.run()
-            except StopIteration:
-                break
-            try:
-                images = images.as_array()
-            except (RuntimeError, ValueError) as err:
-                raise DataError(f"{self.path}: images of different sizes in one batch ({err}); the loaders "
-                                "need one image size: resize the images to one size first") from err
-            yield images, labels.as_array().reshape(-1), ids.as_array().reshape(-1)
-        pipe.reset()
+        finished = False
+        try:
+            while True:
+                try:
+                    images, labels, ids = pipe.run()
+                except StopIteration:
+                    finished = True
+                    break
+                yield self._as_arrays(images, labels, ids)
+        finally:
+            if finished:
+                pipe.reset()
+            else:  # left mid-epoch: DALI's prefetched batches belong to this epoch, start afresh
+                self._pipe = None
+
+    def _as_arrays(self, images, labels, ids):
+        try:
+            images = images.as_array()
+        except (RuntimeError, ValueError) as err:
+            raise DataError(f"{self.path}: images of different sizes in one batch ({err}); the loaders "
+                            "need one image size: resize the images to one size first") from err
+        return images, labels.as_array().reshape(-1), ids.as_array().reshape(-1)
