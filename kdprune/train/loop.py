@@ -129,8 +129,8 @@ class Trainer:
     # ------------------------------------------------------------------ the run
     def fit(self, resume: bool = False) -> History:
         """Train to the end of ``cfg.epochs`` (from the checkpoint when ``resume``); returns the History."""
-        if resume:
-            self.restore()
+        if not (resume and self.restore()) and self.out_dir and self.main:
+            self._fresh_out_dir()
         start = time.perf_counter() - self.elapsed
         for epoch in range(self.epoch, self.cfg.epochs):
             self.epoch = epoch
@@ -335,6 +335,16 @@ class Trainer:
         if self.main:
             self._truncate_log()
         return True
+
+    def _fresh_out_dir(self) -> None:
+        """A fresh run owns its directory's logs: drop an older run's JSONL; say so if a checkpoint
+        would have let it resume."""
+        if os.path.exists(self.checkpoint_path):
+            print(f"kdprune: {self.checkpoint_path} exists but this run starts fresh (pass --resume / "
+                  "resume=True to continue it); it will be overwritten", flush=True)
+        path = os.path.join(self.out_dir, METRICS_FILE)
+        if os.path.exists(path):
+            os.remove(path)
 
     def _truncate_log(self) -> None:
         """Drop JSONL records written after the checkpoint (the resumed run writes them again)."""
