@@ -45,8 +45,11 @@ def _bool_or_backend(text: str):
 def add_config_args(p, skip=()) -> None:
     """One flag per :class:`TrainConfig` field (``--grad-accum``, ``--amp``, ...), default None, so
     only what the user typed overrides the config file or the defaults."""
+    from kdprune.train import config as c
     from kdprune.train.config import TrainConfig
 
+    choices = {"optimizer": ("sgd", "adamw"), "schedule": c.SCHEDULES, "amp": c.AMP, "norm": c.NORMS,
+               "teacher": c.TEACHERS, "loader": c.LOADERS}
     defaults = TrainConfig()
     g = p.add_argument_group("training options (TrainConfig)")
     g.add_argument("--config", metavar="FILE.json", help="a TrainConfig JSON file (flags override it)")
@@ -65,7 +68,7 @@ def add_config_args(p, skip=()) -> None:
         elif f.name == "alpha":
             g.add_argument(flag, default=None, help=help_)
         else:
-            g.add_argument(flag, type=type(default), default=None, help=help_)
+            g.add_argument(flag, type=type(default), default=None, choices=choices.get(f.name), help=help_)
 
 
 def config_from_args(args, **fixed):
