@@ -4,13 +4,24 @@
 // C * itemsize bytes, so the op is dtype-agnostic (fp32, fp16, bf16, int32 top-k indices alike).
 // Random rows of a file in the page cache are latency-bound (TLB and cache misses), so each thread
 // prefetches a few rows ahead of the one it copies.
+//
+// Fork safety: GNU OpenMP's thread pool does not survive fork(), so a parallel region in a child forked
+// after the parent used OpenMP hangs (torch's own ops included). DataLoader workers avoid this by
+// running with one thread; to be safe in any forked reader (multiprocessing pools), the op notes the
+// fork and copies on the calling thread there.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <pthread.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 namespace {
+
+std::atomic<bool> forked_child{false};
+const int fork_handler_registered =
+    pthread_atfork(nullptr, nullptr, [] { forked_child.store(true, std::memory_order_relaxed); });
 
 constexpr int64_t kPrefetchRows = 4;  // rows ahead; enough to overlap misses, small enough to stay in L1
 
@@ -53,14 +64,19 @@ at::Tensor gather_rows(const at::Tensor& src, const at::Tensor& ids, at::Tensor 
   char* dst = static_cast<char*>(out.data_ptr());
   // Roughly 64 KiB of copying per task: below that, thread wake-up costs more than it saves.
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / row_bytes);
-  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+  auto copy = [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < std::min(end, begin + kPrefetchRows); ++i)
       prefetch_row(base + id[i] * row_bytes, row_bytes);
     for (int64_t i = begin; i < end; ++i) {
       if (i + kPrefetchRows < end) prefetch_row(base + id[i + kPrefetchRows] * row_bytes, row_bytes);
       std::memcpy(dst + i * row_bytes, base + id[i] * row_bytes, row_bytes);
     }
-  });
+  };
+  if (forked_child.load(std::memory_order_relaxed)) {
+    copy(0, n);
+  } else {
+    at::parallel_for(0, n, grain, copy);
+  }
   return out;
 }
 
