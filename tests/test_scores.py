@@ -91,11 +91,12 @@ def test_random_scores_are_seeded():
     assert not np.array_equal(a.scores, compute_score("random", ds, seeds=[4]).scores)
 
 
-def test_grand_scores_are_deterministic_under_seeds():
+@pytest.mark.parametrize("method", ["grand-last", "prototypes"])
+def test_static_scores_are_deterministic_under_seeds(method):
     ds = synthetic(40, shape=(8, 8, 1))
-    a = compute_score("grand-last", ds, seeds=2, width=4)
-    b = compute_score("grand-last", ds, seeds=2, width=4)
-    c = compute_score("grand-last", ds, seeds=[5], width=4)
+    a = compute_score(method, ds, seeds=2, width=4, epochs=0)
+    b = compute_score(method, ds, seeds=2, width=4, epochs=0)
+    c = compute_score(method, ds, seeds=[5], width=4, epochs=0)
     assert np.array_equal(a.scores, b.scores) and not np.array_equal(a.scores, c.scores)
     assert a.meta["seeds"] == [0, 1] and a.meta["epochs"] == 0
 

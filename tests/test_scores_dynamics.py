@@ -151,13 +151,13 @@ def test_dynamics_scores_are_deterministic_under_seeds():
     from kdprune.scores import compute_score
 
     ds = _tiny()
-    kw = dict(width=4, batch_size=32)
-    for method in ("el2n", "forgetting", "aum"):
-        a = compute_score(method, ds, epochs=2, seeds=[0, 1], **kw)
-        b = compute_score(method, ds, epochs=2, seeds=[0, 1], **kw)
-        c = compute_score(method, ds, epochs=2, seeds=[2], **kw)
-        assert np.array_equal(a.scores, b.scores), method
-        assert not np.array_equal(a.scores, c.scores), method
-        assert a.scores.shape == (len(ds),) and a.meta["seeds"] == [0, 1] and a.meta["epochs"] == 2
-    f = compute_score("forgetting", ds, epochs=2, seeds=[0], **kw).scores
-    assert set(np.unique(f)) <= {0.0, 1.0, 2.0}  # 2 presentations: at most 1 forgetting, 2 = never learned
+    kw = dict(width=4, batch_size=40)
+    # determinism is a property of the shared training path: one method (1 epoch) shows it
+    a, b = (compute_score("aum", ds, epochs=1, seeds=[0], **kw) for _ in range(2))
+    c = compute_score("aum", ds, epochs=1, seeds=[2], **kw)
+    assert np.array_equal(a.scores, b.scores) and not np.array_equal(a.scores, c.scores)
+    for method in ("el2n", "forgetting"):
+        r = compute_score(method, ds, epochs=2, seeds=[0], **kw)
+        assert r.scores.shape == (len(ds),) and r.meta["seeds"] == [0] and r.meta["epochs"] == 2
+    # 2 presentations: at most 1 forgetting event; 2 marks a sample never learned
+    assert set(np.unique(r.scores)) <= {0.0, 1.0, 2.0}
