@@ -110,11 +110,13 @@ def test_config_file_rejects_duplicate_and_unknown_keys(tmp_path):
 
 
 # ---------------------------------------------------------------------------- the step
-def test_bf16_autocast_on_cpu_trains(data):
+@pytest.mark.parametrize("amp, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_autocast_on_cpu_trains(data, amp, dtype):
+    """bf16, and fp16 with its GradScaler, on the CPU."""
     train, test = data
     rec = Recorder()
-    model, m = train_run(small(amp="bf16"), train, test, callbacks=[rec], progress=False)
-    assert rec.batches[0][2].dtype == torch.bfloat16  # the forward really ran under autocast
+    model, m = train_run(small(amp=amp), train, test, callbacks=[rec], progress=False)
+    assert rec.batches[0][2].dtype == dtype  # the forward really ran under autocast
     losses = [r["train_loss"] for r in m["history"]]
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
