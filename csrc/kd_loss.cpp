@@ -6,8 +6,9 @@
 // eps label smoothing, q_i = (1 - eps) onehot(y) + eps / C):
 //   loss_i = (1 - a) * CE_eps(z, y) + a * T^2 * KL(softmax(t / T) || softmax(z / T))
 //   grad_i = (1 - a) * (softmax(z) - q) + a * T * (softmax(z / T) - softmax(t / T))
-// The gradient written is d loss_i / d z_i (not divided by the mean's denominator); the caller's
-// backward multiplies by grad_output / denom, the fifth output.
+// The gradient written is d loss / d z for grad_output = 1, i.e. already divided by the mean's
+// denominator (the non-ignored rows, at least 1); backward (kd_loss_bwd_) scales it in place by grad_output and
+// leaves it untouched when grad_output is 1, so forward + backward move the minimum bytes.
 //
 // Numerics (mirrored by the torch reference and the Triton kernel):
 // - 1 - p_y is sum_{j != y} p_j, accumulated directly, so EL2N and -log p_y = log1p(sum_{j!=y} e_j / e_y)
@@ -15,6 +16,7 @@
 // - a teacher entry at -inf has probability 0 and contributes 0 to KL (never 0 * inf);
 // - a student row that is all -inf has no distribution: its gradient is 0, ce = inf,
 //   kl = inf (0 when the teacher row is all -inf too), el2n = 1;
+// - a teacher row that is all -inf has no distribution either: kl = 0 and the KL term's gradient is 0;
 // - rows whose label is ignore_index contribute 0 everywhere, gradient included.
 //
 // Speed: exp is evaluated once per element and per temperature and kept in a thread-local row
@@ -80,6 +82,7 @@ struct Params {
   float eps;         // label smoothing
   bool same_t;       // T == 1: softmax(z / T) is softmax(z)
   bool smoothing;    // eps > 0
+  float gscale;      // 1 / denom: the gradient of the reduced loss
 };
 
 struct RowOut {
@@ -211,10 +214,11 @@ static KD_ALWAYS_INLINE RowOut row_kernel(const float* z, const float* t, int64_
   if (p.alpha > 0.f) loss += static_cast<double>(p.kl_weight) * kl;
 
   if (grad != nullptr) {
-    const float b = 1.f - p.alpha;
-    const float aT = p.alpha / inv_t;
+    const float b = (1.f - p.alpha) * p.gscale;
+    const float aT = p.alpha / inv_t * p.gscale;
     const float c1 = b / s1;
-    const float cT = aT / sT;
+    // no teacher distribution (an all -inf row): the KL term is the constant 0, so is its gradient
+    const float cT = has_teacher ? aT / sT : 0.f;
     const float ct = has_teacher ? aT / st : 0.f;
     const float cq = b * p.eps / static_cast<float>(C);
     if (p.same_t) {
@@ -226,8 +230,8 @@ static KD_ALWAYS_INLINE RowOut row_kernel(const float* z, const float* t, int64_
       for (int64_t j = 0; j < C; ++j) put(grad, j, c1 * e1[j] + cT * eT[j] - ct * et[j] - cq);
     }
     // p_y - q_y = -(sum_{j != y} p_j) + eps (1 - 1 / C), free of cancellation.
-    const double gy = b * (-O1 / S1 + p.eps * (1.0 - 1.0 / C)) +
-                      static_cast<double>(aT) * (eTw[y] / static_cast<double>(sT) - (has_teacher ? et[y] / static_cast<double>(st) : 0.0));
+    const double gy = b * (-O1 / S1 + p.eps * (1.0 - 1.0 / C)) + static_cast<double>(cT) * eTw[y] -
+                      static_cast<double>(ct) * et[y];
     put(grad, y, static_cast<float>(gy));
   }
   return RowOut{static_cast<float>(loss), static_cast<float>(ce), static_cast<float>(kl), static_cast<float>(el2n)};
@@ -317,9 +321,9 @@ void dispatch_teacher(const at::Tensor& student, const at::Tensor& teacher, cons
   }
 }
 
-// reduction: 0 none, 1 mean, 2 sum. Returns (loss, ce, kl, el2n, denom): loss is [] for mean/sum and
-// [B] for none; denom is the mean's divisor (non-ignored rows, at least 1) or 1.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> kd_loss_fwd_cpu(
+// reduction: 0 none, 1 mean, 2 sum. Returns (loss, ce, kl, el2n): loss is [] for mean/sum and [B]
+// for none.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kd_loss_fwd_cpu(
     const at::Tensor& student_in, const at::Tensor& teacher_in, const at::Tensor& labels_in,
     const c10::optional<at::Tensor>& grad, double alpha, double temperature, double label_smoothing,
     int64_t ignore_index, int64_t reduction) {
@@ -357,16 +361,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> kd_loss_f
   const auto f32 = student.options().dtype(at::kFloat);
   at::Tensor loss_rows = at::empty({B}, f32), ce = at::empty({B}, f32), kl = at::empty({B}, f32),
              el2n = at::empty({B}, f32);
+  const double denom = reduction == 1 ? static_cast<double>(std::max<int64_t>(valid, 1)) : 1.0;
   Params p{C, static_cast<float>(1.0 / temperature), static_cast<float>(alpha),
            static_cast<float>(alpha * temperature * temperature), static_cast<float>(label_smoothing),
-           temperature == 1.0, label_smoothing > 0.0};
+           temperature == 1.0, label_smoothing > 0.0, static_cast<float>(1.0 / denom)};
   switch (student.scalar_type()) {
     case at::kFloat: dispatch_teacher<float>(student, teacher, labels, ignore_index, p, grad, loss_rows, ce, kl, el2n); break;
     case at::kBFloat16: dispatch_teacher<c10::BFloat16>(student, teacher, labels, ignore_index, p, grad, loss_rows, ce, kl, el2n); break;
     case at::kHalf: dispatch_teacher<c10::Half>(student, teacher, labels, ignore_index, p, grad, loss_rows, ce, kl, el2n); break;
     default: TORCH_CHECK_TYPE(false, "kd_loss: student logits must be float32, bfloat16 or float16, got ", student.scalar_type());
   }
-  const double denom = reduction == 1 ? static_cast<double>(std::max<int64_t>(valid, 1)) : 1.0;
   at::Tensor loss;
   if (reduction == 0) {
     loss = loss_rows;
@@ -376,7 +380,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> kd_loss_f
     for (int64_t i = 0; i < B; ++i) total += lr[i];
     loss = at::scalar_tensor(total / denom, f32);
   }
-  return {loss, ce, kl, el2n, at::scalar_tensor(denom, f32)};
+  return {loss, ce, kl, el2n};
+}
+
+// Backward: grad *= grad_output, in place (grad_output a scalar, or [B] for reduction="none");
+// a factor of exactly 1 leaves the row untouched. Reading grad_output here is free: it is on the CPU.
+void kd_loss_bwd_cpu(at::Tensor& grad, const at::Tensor& grad_output_in) {
+  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.is_contiguous(), "kd_loss_bwd_: grad must be a contiguous [B, C] tensor");
+  const int64_t B = grad.size(0), C = grad.size(1);
+  const at::Tensor go = grad_output_in.to(at::kFloat).contiguous();
+  TORCH_CHECK_VALUE(go.numel() == 1 || (go.dim() == 1 && go.size(0) == B),
+                    "kd_loss_bwd_: grad_output must be a scalar or [B]");
+  const float* s = go.const_data_ptr<float>();
+  const bool per_row = go.dim() == 1;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "kd_loss_bwd_", [&] {
+    scalar_t* g = grad.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const float f = s[per_row ? i : 0];
+        if (f == 1.0f) continue;
+        scalar_t* row = g + i * C;
+        for (int64_t j = 0; j < C; ++j) row[j] = static_cast<scalar_t>(static_cast<float>(row[j]) * f);
+      }
+    });
+  });
 }
 
 }  // namespace
@@ -385,9 +413,13 @@ TORCH_LIBRARY_FRAGMENT(kdprune, m) {
   m.def(
       "kd_loss_fwd(Tensor student, Tensor teacher, Tensor labels, Tensor(a!)? grad, float alpha, "
       "float temperature, float label_smoothing, int ignore_index, int reduction) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("kd_loss_bwd_(Tensor(a!) grad, Tensor grad_output) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(kdprune, CPU, m) { m.impl("kd_loss_fwd", &kd_loss_fwd_cpu); }
+TORCH_LIBRARY_IMPL(kdprune, CPU, m) {
+  m.impl("kd_loss_fwd", &kd_loss_fwd_cpu);
+  m.impl("kd_loss_bwd_", &kd_loss_bwd_cpu);
+}
 
 }  // namespace kdprune

@@ -1,9 +1,11 @@
 """Fused knowledge-distillation loss in Triton: KL + CE + EL2N and the student gradient in one pass.
 
 Each program reads its rows of student logits, teacher logits and labels once and writes the
-per-sample fp32 ``loss``, ``ce``, ``kl``, ``el2n`` and the gradient ``d loss_i / d z_i`` (into a
-buffer the caller passes: its own, or the student logits themselves for in-place). Backward then
-only scales that buffer by ``grad_output / denom`` (one launch). Two layouts:
+per-sample fp32 ``loss``, ``ce``, ``kl``, ``el2n`` and the gradient of the reduced loss (into a
+buffer the caller passes: its own, or the student logits themselves for in-place; the mean's
+1 / denom is already applied). Backward then only scales that buffer in place by ``grad_output``, one
+launch whose programs return at once when the factor is 1, so forward + backward move the minimum
+bytes (read S, read T, write dS). Two layouts:
 
 - ``single_block`` (C <= 4096): a [ROWS, BLOCK_C] tile holds whole rows, several rows per program
   for small C, so the row is read from memory exactly once;
@@ -12,9 +14,10 @@ only scales that buffer by ``grad_output / denom`` (one launch). Two layouts:
   is still in L2.
 
 Numerics follow ``csrc/kd_loss.cpp`` (documented there) and the torch reference
-``kdprune.loss.kd_loss_ref``. No host synchronisation anywhere: the mean's denominator is computed on
-the device by a one-program finalize kernel, so the op works in CUDA graphs and under
-``torch.compile`` (it is registered as the custom op ``kdprune::kd_loss_fwd_triton``). Labels outside
+``kdprune.loss.kd_loss_ref``. No host synchronisation anywhere: the mean's denominator is counted on
+the device by a one-program kernel, and the reduced loss summed by another, so the ops work in CUDA
+graphs and under ``torch.compile`` (registered as the custom ops ``kdprune::kd_loss_fwd_triton`` and
+``kdprune::kd_loss_bwd_triton_``). Labels outside
 ``[0, C)`` that are not ``ignore_index`` cannot raise without a sync: those rows give NaN loss and
 gradient (the CPU and torch backends raise).
 """
@@ -89,11 +92,11 @@ def _row_outputs(s1, o1, q1, sT, st, a, sz, m1, mt, z_y, e_y, valid, in_range, d
 
 @triton.jit
 def _kd_single_block_kernel(
-    S, T, Y, G, LOSS, CE, KL, EL2N,
+    S, T, Y, G, LOSS, CE, KL, EL2N, DENOM,
     B, C, stride_s, stride_t, stride_g,
     inv_t, alpha, kl_weight, eps, ignore_index,
     ROWS: tl.constexpr, BLOCK_C: tl.constexpr, SAME_T: tl.constexpr, HAS_GRAD: tl.constexpr,
-    SMOOTHING: tl.constexpr,
+    SMOOTHING: tl.constexpr, HAS_DENOM: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * ROWS + tl.arange(0, ROWS)
@@ -152,10 +155,14 @@ def _kd_single_block_kernel(
     tl.store(EL2N + rows, el2n, mask=rmask)
 
     if HAS_GRAD:
-        b = 1.0 - alpha
-        aT = alpha / inv_t
+        # the gradient of the reduced loss: the mean's 1 / denom is applied here, not in backward
+        gscale = 1.0
+        if HAS_DENOM:
+            gscale = 1.0 / tl.load(DENOM)
+        b = (1.0 - alpha) * gscale
+        aT = alpha / inv_t * gscale
         c1 = b / s1
-        cT = aT / sT
+        cT = tl.where(has_teacher, aT / sT, 0.0)  # no teacher distribution: no KL term
         ct = tl.where(has_teacher, aT / st, 0.0)
         cq = b * eps / C
         g = c1[:, None] * e1 + cT[:, None] * eT - ct[:, None] * et - cq
@@ -173,10 +180,11 @@ def _kd_single_block_kernel(
 
 @triton.jit
 def _kd_online_kernel(
-    S, T, Y, G, LOSS, CE, KL, EL2N,
+    S, T, Y, G, LOSS, CE, KL, EL2N, DENOM,
     B, C, stride_s, stride_t, stride_g,
     inv_t, alpha, kl_weight, eps, ignore_index,
     BLOCK_C: tl.constexpr, SAME_T: tl.constexpr, HAS_GRAD: tl.constexpr, SMOOTHING: tl.constexpr,
+    HAS_DENOM: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     s_row = S + row * stride_s
@@ -247,10 +255,14 @@ def _kd_online_kernel(
     tl.store(EL2N + row, el2n)
 
     if HAS_GRAD:
-        b = 1.0 - alpha
-        aT = alpha / inv_t
+        # the gradient of the reduced loss: the mean's 1 / denom is applied here, not in backward
+        gscale = 1.0
+        if HAS_DENOM:
+            gscale = 1.0 / tl.load(DENOM)
+        b = (1.0 - alpha) * gscale
+        aT = alpha / inv_t * gscale
         c1 = b / s1
-        cT = aT / sT
+        cT = tl.where(has_teacher, aT / sT, 0.0)  # no teacher distribution: no KL term
         ct = tl.where(has_teacher, aT / st, 0.0)
         cq = b * eps / C
         eT_y = tl.exp((z_y - m1) * inv_t)
@@ -279,45 +291,52 @@ def _kd_online_kernel(
 
 
 @triton.jit
-def _finalize_kernel(LOSS_ROWS, Y, OUT, DENOM, B, ignore_index, MEAN: tl.constexpr, BLOCK: tl.constexpr):
-    """One program: the batch's loss (sum, or mean over non-ignored rows) and the denominator."""
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
+def _count_kernel(Y, DENOM, B, ignore_index, BLOCK: tl.constexpr):
+    """One program: the mean's denominator, the number of non-ignored rows (at least 1)."""
     cnt = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, B, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        m = offs < B
-        acc += tl.load(LOSS_ROWS + offs, mask=m, other=0.0)
-        y = tl.load(Y + offs, mask=m, other=ignore_index)
-        cnt += tl.where(m & (y != ignore_index), 1.0, 0.0)
-    total = tl.sum(acc, 0)
-    if MEAN:
-        denom = tl.maximum(tl.sum(cnt, 0), 1.0)
-    else:
-        denom = 1.0
-    tl.store(OUT, total / denom)
-    tl.store(DENOM, denom)
+        y = tl.load(Y + offs, mask=offs < B, other=ignore_index)
+        cnt += tl.where(y != ignore_index, 1.0, 0.0)
+    tl.store(DENOM, tl.maximum(tl.sum(cnt, 0), 1.0))
 
 
 @triton.jit
-def _scale_kernel(G, GO, DENOM, OUT, C, stride_g, stride_o, PER_ROW: tl.constexpr, BLOCK: tl.constexpr):
+def _finalize_kernel(LOSS_ROWS, OUT, DENOM, B, HAS_DENOM: tl.constexpr, BLOCK: tl.constexpr):
+    """One program: the batch's loss, summed in a fixed order (deterministic) and divided by DENOM."""
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, B, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        acc += tl.load(LOSS_ROWS + offs, mask=offs < B, other=0.0)
+    total = tl.sum(acc, 0)
+    if HAS_DENOM:
+        total = total / tl.load(DENOM)
+    tl.store(OUT, total)
+
+
+@triton.jit
+def _scale_kernel(G, GO, C, stride_g, PER_ROW: tl.constexpr, BLOCK: tl.constexpr):
+    """Backward, in place: G *= grad_output. A program whose factor is exactly 1 returns without
+    touching memory, so the usual loss.backward() costs one tiny launch."""
     row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    m = cols < C
     if PER_ROW:
         scale = tl.load(GO + row).to(tl.float32)
     else:
         scale = tl.load(GO).to(tl.float32)
-    scale = scale / tl.load(DENOM)
-    g = tl.load(G + row * stride_g + cols, mask=m, other=0.0).to(tl.float32)
-    tl.store(OUT + row * stride_o + cols, (g * scale).to(OUT.dtype.element_ty), mask=m)
+    if scale != 1.0:
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = cols < C
+        g = tl.load(G + row * stride_g + cols, mask=m, other=0.0).to(tl.float32)
+        tl.store(G + row * stride_g + cols, (g * scale).to(G.dtype.element_ty), mask=m)
 
 
 def kd_loss_forward(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
                     grad: Optional[torch.Tensor], alpha: float, temperature: float, label_smoothing: float,
                     ignore_index: int, reduction: int, config: Optional[KDLossConfig] = None):
-    """Launch the fused kernel. Returns ``(loss, ce, kl, el2n, denom)`` (see the module docstring);
-    ``grad``, when given, receives ``d loss_i / d z_i``. Inputs are assumed validated by
-    ``kdprune.loss``; rows must be contiguous in memory (the last dimension's stride is 1)."""
+    """Launch the fused kernel. Returns ``(loss, ce, kl, el2n)`` (see the module docstring); ``grad``,
+    when given, receives the gradient of the reduced loss for grad_output = 1. Inputs are assumed
+    validated by ``kdprune.loss``. Launches: the mean's row count (one program), the fused kernel,
+    and for mean / sum the deterministic sum (one program)."""
     B, C = student.shape
     student = student if student.stride(1) == 1 else student.contiguous()
     teacher = teacher if teacher.stride(1) == 1 else teacher.contiguous()
@@ -326,11 +345,16 @@ def kd_loss_forward(student: torch.Tensor, teacher: torch.Tensor, labels: torch.
     f32 = dict(device=student.device, dtype=torch.float32)
     loss_rows, ce, kl, el2n = (torch.empty(B, **f32) for _ in range(4))
     has_grad = grad is not None
+    has_denom = reduction == MEAN
+    denom = torch.empty((), **f32)
+    if has_denom:
+        _count_kernel[(1,)](labels, denom, B, int(ignore_index), BLOCK=1024)
     g = grad if has_grad else loss_rows  # a placeholder pointer the kernel never touches
-    common = (student, teacher, labels, g, loss_rows, ce, kl, el2n, B, C, student.stride(0), teacher.stride(0),
-              g.stride(0) if has_grad else 0, 1.0 / temperature, float(alpha),
+    common = (student, teacher, labels, g, loss_rows, ce, kl, el2n, denom, B, C, student.stride(0),
+              teacher.stride(0), g.stride(0) if has_grad else 0, 1.0 / temperature, float(alpha),
               float(alpha) * temperature * temperature, float(label_smoothing), int(ignore_index))
-    flags = dict(SAME_T=temperature == 1.0, HAS_GRAD=has_grad, SMOOTHING=label_smoothing > 0.0)
+    flags = dict(SAME_T=temperature == 1.0, HAS_GRAD=has_grad, SMOOTHING=label_smoothing > 0.0,
+                 HAS_DENOM=has_denom)
     if B > 0:
         if cfg.single_block:
             grid = (triton.cdiv(B, cfg.rows),)
@@ -339,27 +363,22 @@ def kd_loss_forward(student: torch.Tensor, teacher: torch.Tensor, labels: torch.
         else:
             _kd_online_kernel[(B,)](*common, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps, **flags)
     if reduction == NONE:
-        return loss_rows, ce, kl, el2n, torch.ones((), **f32)
+        return loss_rows, ce, kl, el2n
     out = torch.empty((), **f32)
-    denom = torch.empty((), **f32)
-    _finalize_kernel[(1,)](loss_rows, labels, out, denom, B, int(ignore_index), MEAN=reduction == MEAN,
-                           BLOCK=1024)
-    return out, ce, kl, el2n, denom
+    _finalize_kernel[(1,)](loss_rows, out, denom, B, HAS_DENOM=has_denom, BLOCK=1024)
+    return out, ce, kl, el2n
 
 
-def kd_loss_scale(grad: torch.Tensor, grad_output: torch.Tensor, denom: torch.Tensor,
-                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Backward in one launch: ``grad * grad_output / denom`` (grad_output a scalar, or [B] for
-    ``reduction="none"``), into ``out`` (which may be ``grad`` itself)."""
+def kd_loss_scale_(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
+    """Backward in one launch, in place: ``grad *= grad_output`` (a scalar, or [B] for
+    ``reduction="none"``); rows whose factor is exactly 1 are not touched."""
     B, C = grad.shape
-    out = torch.empty_like(grad) if out is None else out
     if B == 0 or C == 0:
-        return out
+        return
     block = min(4096, triton.next_power_of_2(C))
     grid = (B, triton.cdiv(C, block))
-    _scale_kernel[grid](grad, grad_output.contiguous(), denom, out, C, grad.stride(0), out.stride(0),
-                        PER_ROW=grad_output.dim() == 1, BLOCK=block, num_warps=4)
-    return out
+    _scale_kernel[grid](grad, grad_output.contiguous(), C, grad.stride(0), PER_ROW=grad_output.dim() == 1,
+                        BLOCK=block, num_warps=4)
 
 
 # --- torch.library registration: opaque to torch.compile, traced through by its fake impls ---------
@@ -369,26 +388,24 @@ def kd_loss_scale(grad: torch.Tensor, grad_output: torch.Tensor, denom: torch.Te
 def kd_loss_fwd_triton(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
                        grad: Optional[torch.Tensor], alpha: float, temperature: float, label_smoothing: float,
                        ignore_index: int, reduction: int
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    out = kd_loss_forward(student, teacher, labels, grad, alpha, temperature, label_smoothing, ignore_index,
-                          reduction)
-    # a custom op may not return its inputs' storage: `none`'s loss rows are fresh tensors anyway
-    return out
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return kd_loss_forward(student, teacher, labels, grad, alpha, temperature, label_smoothing, ignore_index,
+                           reduction)
 
 
 @kd_loss_fwd_triton.register_fake
 def _(student, teacher, labels, grad, alpha, temperature, label_smoothing, ignore_index, reduction):
     B = student.shape[0]
     f32 = dict(device=student.device, dtype=torch.float32)
-    loss = student.new_empty((B,) if reduction == NONE else (), dtype=torch.float32)
-    return (loss, torch.empty(B, **f32), torch.empty(B, **f32), torch.empty(B, **f32), torch.empty((), **f32))
+    loss = torch.empty((B,) if reduction == NONE else (), **f32)
+    return loss, torch.empty(B, **f32), torch.empty(B, **f32), torch.empty(B, **f32)
 
 
-@torch.library.custom_op("kdprune::kd_loss_bwd_triton", mutates_args=())
-def kd_loss_bwd_triton(grad: torch.Tensor, grad_output: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
-    return kd_loss_scale(grad, grad_output, denom)
+@torch.library.custom_op("kdprune::kd_loss_bwd_triton_", mutates_args=("grad",))
+def kd_loss_bwd_triton_(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
+    kd_loss_scale_(grad, grad_output)
 
 
-@kd_loss_bwd_triton.register_fake
-def _(grad, grad_output, denom):
-    return torch.empty_like(grad)
+@kd_loss_bwd_triton_.register_fake
+def _(grad, grad_output):
+    return None

@@ -9,9 +9,11 @@ Backends (an explicit string, chosen once per call):
   autograd;
 - ``"auto"``: CUDA -> ``"triton"``; CPU -> ``"cpu"`` when the extension is built, else ``"torch"``.
 
-Both fused ops compute the per-row gradient in the forward pass into a buffer (a fresh one, or the
-student logits themselves with ``inplace=True``); backward only scales it by ``grad_output / denom``.
-Under ``torch.no_grad()`` (or when the student does not require grad) no B x C buffer is allocated.
+Both fused ops compute the gradient of the reduced loss in the forward pass into a buffer (a fresh
+one, or the student logits themselves with ``inplace=True``); backward only scales it in place by
+``grad_output``, skipping rows whose factor is exactly 1, and hands the buffer on. So backward runs
+once per forward (a second backward, e.g. with ``retain_graph=True``, raises). Under
+``torch.no_grad()`` (or when the student does not require grad) no B x C buffer is allocated.
 """
 from __future__ import annotations
 
@@ -33,7 +35,11 @@ def _fake_forward(student, teacher, labels, grad, alpha, temperature, label_smoo
     B = student.shape[0]
     f32 = dict(device=student.device, dtype=torch.float32)
     loss = torch.empty((B,) if reduction == 0 else (), **f32)
-    return loss, torch.empty(B, **f32), torch.empty(B, **f32), torch.empty(B, **f32), torch.empty((), **f32)
+    return loss, torch.empty(B, **f32), torch.empty(B, **f32), torch.empty(B, **f32)
+
+
+def _fake_backward(grad, grad_output):
+    return None
 
 
 def _register_cpu_op() -> bool:
@@ -43,6 +49,7 @@ def _register_cpu_op() -> bool:
     if not _native.available():
         return False
     torch.library.register_fake("kdprune::kd_loss_fwd")(_fake_forward)
+    torch.library.register_fake("kdprune::kd_loss_bwd_")(_fake_backward)
     return True
 
 
@@ -120,7 +127,7 @@ def _check_tensors(student, teacher, labels, backend):
 
 
 class _FusedKDLoss(torch.autograd.Function):
-    """Forward runs a fused op that also writes the per-row gradient; backward scales it."""
+    """Forward runs a fused op that also writes the gradient; backward scales it in place."""
 
     @staticmethod
     def forward(ctx, student, teacher, labels, alpha, temperature, label_smoothing, ignore_index, reduction,
@@ -130,26 +137,26 @@ class _FusedKDLoss(torch.autograd.Function):
             grad = student if inplace else torch.empty_like(student)
         code = _REDUCTION_CODE[reduction]
         op = torch.ops.kdprune.kd_loss_fwd if backend == "cpu" else torch.ops.kdprune.kd_loss_fwd_triton
-        loss, ce, kl, el2n, denom = op(student, teacher, labels, grad, alpha, temperature, label_smoothing,
-                                       ignore_index, code)
-        ctx.backend, ctx.inplace = backend, inplace
-        ctx.save_for_backward(grad, denom)
+        loss, ce, kl, el2n = op(student, teacher, labels, grad, alpha, temperature, label_smoothing,
+                                ignore_index, code)
+        ctx.backend, ctx.done = backend, False
+        ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(ce, kl, el2n)
         return loss, ce, kl, el2n
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
-        grad, denom = ctx.saved_tensors
-        if grad is None:
-            raise RuntimeError("kd_loss: backward through a loss computed without gradient (the student "
-                               "logits did not require grad when the loss was computed)")
-        if ctx.backend == "triton" and not ctx.inplace:
-            dz = torch.ops.kdprune.kd_loss_bwd_triton(grad, grad_loss.float(), denom)
+        if ctx.done:
+            raise RuntimeError("kd_loss: a second backward through the same loss (retain_graph=True) is not "
+                               "supported: the fused gradient buffer was already scaled and handed on. "
+                               "Recompute the loss, or use backend='torch'")
+        ctx.done = True
+        (grad,) = ctx.saved_tensors
+        if ctx.backend == "cpu":
+            torch.ops.kdprune.kd_loss_bwd_(grad, grad_loss)
         else:
-            scale = grad_loss.float() / denom
-            scale = scale[:, None] if scale.dim() == 1 else scale
-            dz = grad.mul_(scale) if ctx.inplace else (grad * scale).to(grad.dtype)
-        return dz, None, None, None, None, None, None, None, None, None, None
+            torch.ops.kdprune.kd_loss_bwd_triton_(grad, grad_loss)
+        return grad, None, None, None, None, None, None, None, None, None, None
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
@@ -176,6 +183,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     alpha, temperature, label_smoothing = float(alpha), float(temperature), float(label_smoothing)
     _check_settings(alpha, temperature, reduction, label_smoothing, backend)
     chosen = resolve_backend(backend, student_logits.device)
+    if backend == "auto" and {student_logits.dtype, teacher_logits.dtype} - set(_KERNEL_DTYPES):
+        chosen = "torch"  # float64 and friends: only the reference computes in them
     _check_tensors(student_logits, teacher_logits, labels, chosen)
     if chosen == "torch":
         return kd_loss_ref(student_logits, teacher_logits, labels, alpha=alpha, temperature=temperature,

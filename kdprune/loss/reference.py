@@ -5,7 +5,7 @@ differentiated by autograd, so its gradient is an independent check of the kerne
 It follows the same numerical conventions as the kernels (see ``csrc/kd_loss.cpp``):
 ``1 - p_y`` is summed over the other classes, teacher ``-inf`` entries contribute 0, an all ``-inf``
 student row has zero gradient (ce = inf, kl = inf unless the teacher row is all ``-inf`` too, el2n = 1),
-and ignored rows contribute nothing.
+an all ``-inf`` teacher row gives kl = 0 and no KL gradient, and ignored rows contribute nothing.
 """
 from __future__ import annotations
 
@@ -59,12 +59,15 @@ def kd_loss_ref(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labe
     if eps > 0:
         ce = (1 - eps) * ce - eps * logp.mean(dim=1)
 
+    # A teacher row with no finite entry: no distribution, so kl = 0 with zero gradient (computed on
+    # zeros, then overwritten, so no NaN reaches autograd).
+    no_teacher = torch.isneginf(t).all(dim=1)
+    t = torch.where(no_teacher[:, None], 0.0, t)
     logpt = torch.log_softmax(t / T, dim=1)
     pt = logpt.exp()
     logps_T = torch.log_softmax(z / T, dim=1)
     # teacher -inf: pt = 0 and the term is 0, never 0 * (-inf)
     kl = torch.where(pt > 0, pt * (logpt - logps_T), 0.0).sum(dim=1).clamp_min(0.0)
-    no_teacher = torch.isneginf(t).all(dim=1)
     kl = torch.where(no_teacher, 0.0, kl)
 
     others = p.masked_fill(onehot, 0.0)  # 1 - p_y as a sum over the other classes
