@@ -45,3 +45,10 @@ def test_prune_random_and_bad_input(tmp_path, capsys):
     assert "recompute the scores on this dataset" in capsys.readouterr().err
     assert main(["score", "--method", "teacher-margin", "--out", stem] + DATA) == 2
     assert "teacher store" in capsys.readouterr().err
+
+
+def test_cli_lists_every_score_method():
+    from kdprune.commands.score import METHODS as CLI_METHODS
+    from kdprune.scores import METHODS
+
+    assert sorted(CLI_METHODS) == sorted(METHODS)
