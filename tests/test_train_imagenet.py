@@ -5,7 +5,7 @@ The same commands and the same config file as the real recipe, scaled down by fl
 (torchvision does not load against this CPU build of torch), the torch loader instead of FFCV (an
 optional extra), and 2 gloo ranks instead of 8 GPUs. What it checks: the config file validates and
 its flags override it, a folder dataset flows through teacher -> logits (2 augmented views) -> prune
--> DDP training with the store, and the student's outputs are where the recipe says.
+(by the teacher run's own EL2N score file) -> DDP training with the store, and the student's outputs are where the recipe says.
 """
 import json
 import os
@@ -43,8 +43,9 @@ def test_imagenet_recipe_end_to_end(tmp_path):
     # 2. its logits on 2 augmented views of every training image
     assert cli(["logits", *data, "--teacher", str(tmp_path / "teacher" / "model.pt"), "--views", "2",
                 "--batch-size", "16", "--no-progress", "--out", str(tmp_path / "logits")]) == 0
-    # 3. keep half
-    assert cli(["prune", *data, "--random", "--fraction", "0.5", "--out", str(tmp_path / "kept")]) == 0
+    # 3. keep the harder half by the EL2N the teacher's own training steps recorded (a score file)
+    assert cli(["prune", *data, "--scores", str(tmp_path / "teacher" / "el2n"), "--fraction", "0.5",
+                "--out", str(tmp_path / "kept")]) == 0
     # 4. the student under torchrun, distilling the stored views
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     student = tmp_path / "student"
