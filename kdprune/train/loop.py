@@ -377,6 +377,9 @@ def fit(model, loader, *, loss_fn, epochs: int | None = None, lr: float | None =
     cfg = config or TrainConfig(eval_every=1)  # without a config, evaluate after every epoch as before
     given = {"epochs": epochs, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
              "device": None if device is None else str(device)}
+    unknown = set(options) - set(cfg.as_dict())
+    if unknown:
+        raise ConfigError(f"fit() got unknown training option(s) {sorted(unknown)}; see TrainConfig")
     cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None}, **options)
     if cfg.epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {cfg.epochs}")
