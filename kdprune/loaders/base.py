@@ -100,7 +100,11 @@ class KeptIdLoader:
         ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
         if self.augment is not None:
             x = self.augment.apply(x, view, ids)
+        return self._to_device(x, labels, ids)
+
+    def _to_device(self, x: torch.Tensor, labels, ids) -> Batch:
         y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
         nb = self.device.type == "cuda"
         return Batch(x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb),
                      ids.to(self.device, non_blocking=nb))

@@ -16,11 +16,11 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from kdprune.data import to_float
 from kdprune.errors import DataError
 from kdprune.loaders.base import NATIVE_THREADS, KeptIdLoader, ReadCounter
 from kdprune.loaders.converted import check_index_fingerprint, read_manifest, source_info, write_manifest
 
-FIELDS = ("image", "label", "id")
 
 
 @contextmanager
@@ -105,6 +105,62 @@ def _counting(decoder_cls, counter: ReadCounter):
     return Counting
 
 
+def _replay_crop_decoder(loader: "FFCVLoader"):
+    """An FFCV JPEG decoder that crops each image to the box ``Augment.boxes`` gives for (view, id)
+    and resizes it to ``augment.out_size`` inside FFCV's compiled, multi-threaded decode (OpenCV's
+    area resize), instead of a bilinear ``grid_sample`` on full decoded images afterwards. The boxes
+    are the store's exactly; only the resampling differs (by a few grey levels). The flip is applied
+    on the batch afterwards."""
+    from dataclasses import replace
+
+    from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder
+    from ffcv.libffcv import imdecode, resize_crop
+    from ffcv.pipeline.allocation_query import AllocationQuery
+    from ffcv.pipeline.compiler import Compiler
+    from numba import objmode
+
+    out_h, out_w = loader.augment.out_size
+
+    class ReplayCrop(SimpleRGBImageDecoder):
+        def declare_state_and_memory(self, previous_state):
+            super().declare_state_and_memory(previous_state)  # refuses images of several sizes
+            height, width = int(self.metadata["height"][0]), int(self.metadata["width"][0])
+            loader.native_size = (height, width)
+            shape = (out_h, out_w, 3)
+            return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype("<u1")),
+                    (AllocationQuery(shape, np.dtype("<u1")),
+                     AllocationQuery((height * width * 3,), np.dtype("<u1"))))
+
+        def generate_code(self):
+            mem_read, my_range = self.memory_read, Compiler.get_iterator()
+            imdecode_c, resize_crop_c = Compiler.compile(imdecode), Compiler.compile(resize_crop)
+            jpg = IMAGE_MODES["jpg"]
+            boxes_of = loader.native_boxes
+
+            def decode(batch_indices, my_storage, metadata, storage_state):
+                destination, temp_storage = my_storage
+                with objmode(boxes="int64[:, :]"):
+                    boxes = boxes_of(batch_indices)  # counts the reads too
+                for i in my_range(len(batch_indices)):
+                    field = metadata[batch_indices[i]]
+                    data = mem_read(field["data_ptr"], storage_state)
+                    height, width = np.uint32(field["height"]), np.uint32(field["width"])
+                    if field["mode"] == jpg:
+                        buffer = temp_storage[i]
+                        imdecode_c(data, buffer, height, width, height, width, 0, 0, 1, 1, False, False)
+                        image = buffer.reshape(height, width, 3)
+                    else:
+                        image = data.reshape(height, width, 3)
+                    top, left, h, w = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+                    resize_crop_c(image, top, top + h, left, left + w, destination[i])
+                return destination[:len(batch_indices)]
+
+            decode.is_parallel = True
+            return decode
+
+    return ReplayCrop
+
+
 def _kept_order(loader: "FFCVLoader"):
     from ffcv.traversal_order.base import TraversalOrder
 
@@ -128,12 +184,23 @@ def _kept_order(loader: "FFCVLoader"):
 class FFCVLoader(KeptIdLoader):
     """Batches of the kept ids of a ``.beton`` (see :func:`write_beton`), ``workers`` decode threads."""
 
-    def __init__(self, path: str, ids, *, source=None, workers: int = 2, **kwargs):
+    def __init__(self, path: str, ids, *, source=None, workers: int = 2, native_crop: bool = False, **kwargs):
         manifest = read_manifest(path, "ffcv", source)
         check_index_fingerprint(ids, manifest)
         super().__init__(manifest["num_samples"], ids, **kwargs)
         self.path, self.manifest, self.workers = path, manifest, max(int(workers), 1)
+        # native_crop: crop + resize inside FFCV's JPEG decode (see _replay_crop_decoder)
+        self.native = bool(native_crop) and self.augment is not None and manifest["encoding"] == "jpeg"
+        if self.native and self.augment.out_size is None:
+            raise DataError("native_crop needs Augment(out_size=(H, W)): the size FFCV resizes crops to")
+        self.native_size = None
         self._ffcv = None
+
+    def native_boxes(self, ids) -> np.ndarray:
+        """Crop boxes ``[B, 4]`` of this epoch's view for ``ids`` (called from the compiled decoder)."""
+        self.counter.note(ids)
+        box, _ = self.augment.boxes(self._view, np.asarray(ids, dtype=np.int64), *self.native_size)
+        return np.ascontiguousarray(box, dtype=np.int64)
 
     def _loader(self):
         if self._ffcv is None:
@@ -150,7 +217,10 @@ class FFCVLoader(KeptIdLoader):
 
             NATIVE_THREADS["started"] = True
             raw = self.manifest["encoding"] == "raw"
-            decoder = _counting(NDArrayDecoder if raw else SimpleRGBImageDecoder, self.counter)
+            if self.native:
+                decoder = _replay_crop_decoder(self)
+            else:
+                decoder = _counting(NDArrayDecoder if raw else SimpleRGBImageDecoder, self.counter)
             # numba warns, when it compiles the pipeline at the first batch, that the object-mode
             # block (the read count, once per batch) runs without parallelism: true, and harmless
             warnings.filterwarnings("ignore", message="Code running in object mode won't allow parallel",
@@ -162,6 +232,18 @@ class FFCVLoader(KeptIdLoader):
                               pipelines={"image": [decoder()], "label": [IntDecoder()], "id": [IntDecoder()]})
             except TypeError as err:  # FFCV's decoder refuses images of several sizes this way
                 raise DataError(f"{self.path}: {err}") from err
+
+    def __iter__(self):
+        if not self.native:
+            yield from super().__iter__()
+            return
+        self._view = view = self.view()
+        for images, labels, ids in self._decoded_batches(self.order()):
+            # the crop and resize happened in the decoder; the flip is left
+            _, flips = self.augment.boxes(view, ids, *self.native_size)
+            x = to_float(images)
+            x[torch.from_numpy(flips)] = x[torch.from_numpy(flips)].flip(3)
+            yield self._to_device(x, labels, ids)
 
     def _decoded_batches(self, order):
         loader = self._loader()
