@@ -208,6 +208,9 @@ def _ids_tensor(ids) -> torch.Tensor:
         arr = np.asarray(ids)
         if arr.size == 0:
             arr = arr.astype(np.int64)
+        if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_ or arr.dtype.kind in "fc"):
+            raise StoreError(f"ids must be a 1-D array of int64 sample ids, got {arr.dtype} values "
+                             "(integers beyond the int64 range, or not integers at all)")
         ids = torch.from_numpy(np.ascontiguousarray(arr))
     if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise StoreError(f"ids must be a 1-D integer tensor, got {ids.dtype} of shape {list(ids.shape)}")
