@@ -206,3 +206,16 @@ def test_cli_rejects_an_unknown_preset(capsys):
     with pytest.raises(SystemExit):
         main(["reproduce", "--preset", "huge"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_parallel_jobs_finish_every_cell(tmp_path):
+    p = PRESETS["tiny"]
+    small = grid.Preset(**{**p.__dict__, "name": "tiny-jobs", "methods": ("random", "el2n"),
+                           "capacity_teachers": (), "capacity_fractions": ()})
+    out = str(tmp_path / "jobs")
+    summary = reproduce(small, out, device="cpu", progress=False, log=lambda line: None, jobs=2)
+    assert summary["runs_finished"] == summary["runs_planned"] >= 4
+    rows = list(csv.DictReader(open(os.path.join(out, "results.csv"))))
+    assert {r["method"] for r in rows} == {"random", "el2n", "full"}
+    with pytest.raises(ConfigError, match="jobs"):
+        Reproduction(small, out, device="cpu", progress=False, jobs=0)

@@ -54,14 +54,18 @@ class Reproduction:
     are its steps, each reusing what is already on disk."""
 
     def __init__(self, preset: Preset, out_dir: str, *, data_dir: str | None = None, device: str = "cpu",
-                 progress: bool = True, log=print):
+                 progress: bool = True, log=print, jobs: int = 1, _worker: bool = False):
         from kdprune.data import load_dataset
 
         self.p = preset.validate()
         self.out = out_dir
+        self.data_dir = data_dir
         self.device = resolve_device(device)
         self.progress = progress
         self.log = log
+        if int(jobs) < 1:
+            raise ConfigError(f"jobs must be >= 1, got {jobs}")
+        self.jobs = int(jobs)
         kw = {"num_samples": preset.synthetic_samples, "shape": tuple(preset.synthetic_shape)}
         self.train = load_dataset(preset.dataset, "train", data_dir, **kw)
         self.test = load_dataset(preset.dataset, "test", data_dir, **kw)
@@ -69,7 +73,8 @@ class Reproduction:
         self._scores = {}
         self.teachers = {}  # name -> teacher metrics summary
         os.makedirs(os.path.join(out_dir, "cells"), exist_ok=True)
-        self._check_preset()
+        if not _worker:
+            self._check_preset()
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def _check_preset(self) -> None:
@@ -184,16 +189,40 @@ class Reproduction:
         return record
 
     def run_cells(self, cells: list[Cell], title: str, teachers: dict | None = None) -> list[dict]:
-        """Run ``cells`` in order with a progress bar; ``teachers`` maps a teacher name to its spec."""
+        """Run ``cells`` with a progress bar (in ``self.jobs`` worker processes when > 1); ``teachers``
+        maps a teacher name to its spec. Returns every cell's record, in order."""
         from tqdm.auto import tqdm
 
         cells = grid.unique(cells)
-        todo = sum(not os.path.exists(self.cell_path(c)) for c in cells)
-        self.log(f"[reproduce] {title}: {len(cells)} runs, {len(cells) - todo} done already")
-        records = []
-        for c in tqdm(cells, desc=title, disable=not self.progress or todo == 0):
-            records.append(self.run_cell(c, (teachers or {}).get(c.teacher)))
-        return records
+        teachers = teachers or {}
+        todo = [c for c in cells if not os.path.exists(self.cell_path(c))]
+        self.log(f"[reproduce] {title}: {len(cells)} runs, {len(cells) - len(todo)} done already")
+        if self.jobs > 1 and len(todo) > 1:
+            self._run_parallel(todo, title, teachers)
+        return [self.run_cell(c, teachers.get(c.teacher))
+                for c in tqdm(cells, desc=title, disable=not self.progress or not todo or self.jobs > 1)]
+
+    def _run_parallel(self, todo: list[Cell], title: str, teachers: dict) -> None:
+        """Train ``todo`` in ``self.jobs`` processes of ``threads // jobs`` torch threads each. What the
+        cells read (teacher stores, scores) is made here first, so the workers only train."""
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        import torch
+        from tqdm.auto import tqdm
+
+        for c in todo:
+            if c.kd:
+                self.teacher_store(teachers.get(c.teacher) or self.p.teacher)
+            self.subset(c)
+        threads = max(1, torch.get_num_threads() // self.jobs)
+        args = (self.p, self.out, self.data_dir, self.device, threads)
+        with ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                 initargs=args) as pool:
+            futures = [pool.submit(_worker_run, c, teachers.get(c.teacher)) for c in todo]
+            for fut in tqdm(as_completed(futures), total=len(futures), desc=f"{title} ({self.jobs} jobs)",
+                            disable=not self.progress):
+                fut.result()
 
     # -- the whole reproduction -----------------------------------------------------------------
     def alpha_fit(self) -> dict:
@@ -235,13 +264,35 @@ class Reproduction:
         return [_read_json(os.path.join(d, n)) for n in sorted(os.listdir(d)) if n.endswith(".json")]
 
 
+_WORKER = None  # the Reproduction of a worker process
+
+
+def _worker_init(preset, out_dir, data_dir, device, threads) -> None:
+    import torch
+
+    global _WORKER
+    torch.set_num_threads(threads)  # this process's own pool: the jobs share the cores between them
+    _WORKER = Reproduction(preset, out_dir, data_dir=data_dir, device=device, progress=False,
+                           log=lambda line: None, _worker=True)
+
+
+def _worker_run(cell: Cell, teacher: ModelSpec | None) -> str:
+    _WORKER.run_cell(cell, teacher)
+    return cell.key
+
+
 def reproduce(preset: str | Preset = "reduced", out_dir: str | None = None, *, data_dir: str | None = None,
-              device: str = "auto", progress: bool = True, log=print) -> dict:
+              device: str = "auto", progress: bool = True, log=print, jobs: int = 1) -> dict:
     """Run (or resume) the reproduction ``preset`` (a name from :data:`kdprune.reproduce.PRESETS` or a
-    :class:`Preset`) in ``out_dir`` (default ``runs/reproduce/<preset>``); returns the summary."""
+    :class:`Preset`) in ``out_dir`` (default ``runs/reproduce/<preset>``); returns the summary.
+
+    ``jobs`` > 1 trains that many student runs at once in worker processes, splitting torch's threads
+    between them: on a few CPU cores, small models run faster as one-thread processes side by side
+    than as one process whose threads wait on each other."""
     if isinstance(preset, str):
         if preset not in grid.PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(grid.PRESETS)}")
         preset = grid.PRESETS[preset]
     out_dir = out_dir or os.path.join("runs", "reproduce", preset.name)
-    return Reproduction(preset, out_dir, data_dir=data_dir, device=device, progress=progress, log=log).run()
+    return Reproduction(preset, out_dir, data_dir=data_dir, device=device, progress=progress, log=log,
+                        jobs=jobs).run()
