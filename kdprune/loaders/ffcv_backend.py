@@ -6,6 +6,11 @@ across ranks), handed to FFCV as a custom ``TraversalOrder``, so FFCV serves the
 order as the other backends and each rank reads only its shard. The decoders are FFCV's own, extended
 by one call that counts the ids they are asked to decode, so the read counts are measured where the
 bytes are decoded.
+
+Training crops: by default the full image is decoded and ``Augment.apply`` crops it (bilinear
+``grid_sample``), pixel-identical to the teacher store's view. With ``native_crop=True`` (JPEG
+sources) the same boxes are cropped and resized inside FFCV's compiled decoder instead, which is
+much faster and differs from the store's pixels only by the resampling filter.
 """
 from __future__ import annotations
 
@@ -20,7 +25,6 @@ from kdprune.data import to_float
 from kdprune.errors import DataError
 from kdprune.loaders.base import NATIVE_THREADS, KeptIdLoader, ReadCounter
 from kdprune.loaders.converted import check_index_fingerprint, read_manifest, source_info, write_manifest
-
 
 
 @contextmanager
@@ -43,9 +47,15 @@ def write_beton(source, path: str, *, workers: int = 2, jpeg_quality: int = 90) 
     runs in a freshly spawned process instead."""
     if NATIVE_THREADS["started"]:
         import multiprocessing
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(1) as pool:
-            return pool.apply(_write_beton, (source, path, workers, jpeg_quality))
+        # not a Pool: its workers are daemons, and FFCV's writer must start processes of its own
+        child = multiprocessing.get_context("spawn").Process(
+            target=_write_beton, args=(source, path, workers, jpeg_quality))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise DataError(f"writing {path} failed in a child process (exit code {child.exitcode}); "
+                            "run `kdprune convert --format ffcv` in a fresh process")
+        return read_manifest(path, "ffcv", source)
     return _write_beton(source, path, workers, jpeg_quality)
 
 
