@@ -103,7 +103,7 @@ def train_run(cfg: TrainConfig, train_set, test_set, ids=None, *, store=None, ke
     with ``cfg.teacher="online"``, ``teacher_model`` (a module or a saved model path) runs on each batch.
     Returns ``(model, metrics)`` (the EMA weights when ``cfg.ema`` > 0). With ``out_dir``, rank 0
     writes ``model.pt`` (+ ``.json``), ``metrics.json``, ``metrics.jsonl``, ``checkpoint.pt`` and the
-    EMA-of-training score table ``el2n.npy`` (+ ``.json``, and ``el2n_epochs.npy`` one row per epoch);
+    training-time EL2N score file ``el2n.npy`` (+ ``.json``; ``el2n_epochs.npy`` has one row per epoch);
     ``resume=True`` continues from ``out_dir/checkpoint.pt`` when there is one. ``sources`` =
     (train, test) paths of converted copies for ``cfg.loader`` ``ffcv``/``dali`` (test may be None).
     """
