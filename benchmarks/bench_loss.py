@@ -11,12 +11,16 @@ achieved bandwidth over the minimum bytes (read S, read T, write dS) and its fra
 device's peak, for forward + backward and for the forward alone (where our kernel writes dS).
 
   python benchmarks/bench_loss.py                 # CPU section (2 threads), then GPU when present
-  python benchmarks/bench_loss.py --threads 2 --repeat 30
+  python benchmarks/bench_loss.py --threads 2 --rounds 7 --repeat 10
+
+On the CPU the implementations are timed in interleaved rounds and speedups are the median of the
+per-round ratios, so that load from other processes on a shared machine falls on all of them alike.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 
 import torch
@@ -100,23 +104,44 @@ def verify(backend_device: str, dtype):
         raise SystemExit(f"kd_loss disagrees with the oracle on {backend_device}: {bad}")
 
 
+def interleaved(impls: dict, make_step, rounds: int, repeat: int, device=None) -> dict:
+    """Time every impl in ``rounds`` interleaved rounds of ``repeat`` runs (so a burst of load from
+    other processes hits all of them alike); per impl the median over rounds of the round medians,
+    and per round the ratio to the first impl, whose median is the reported speedup."""
+    steps = {name: make_step(fn) for name, fn in impls.items()}
+    for run in steps.values():  # warm-up (and torch.compile's compilation) outside the timing
+        bench(run, warmup=2, repeat=1, device=device)
+    per_round = {name: [] for name in impls}
+    for _ in range(rounds):
+        for name, run in steps.items():
+            per_round[name].append(bench(run, warmup=1, repeat=repeat, device=device))
+    out = {}
+    for name, res in per_round.items():
+        meds = sorted(r["median_ms"] for r in res)
+        out[name] = {"median_ms": statistics.median(meds), "min_ms": min(r["min_ms"] for r in res),
+                     "round_medians": meds, "runs": sum(r["runs"] for r in res)}
+    return out, per_round
+
+
+def ratio(per_round: dict, num: str, den: str) -> float:
+    """Median over rounds of time(num) / time(den)."""
+    return statistics.median(a["median_ms"] / b["median_ms"] for a, b in zip(per_round[num], per_round[den]))
+
+
 def cpu_section(args) -> list[dict]:
     torch.set_num_threads(args.threads)
     verify("cpu", torch.float32)
     rows = []
     for B, C, dtype in [(512, 1000, torch.float32), (512, 1000, torch.bfloat16), (64, 32000, torch.float32)]:
         z, t, y = inputs(B, C, dtype, "cpu")
-        compiled = torch.compile(composite)
-        impls = {"ours (C++)": ours, "eager composite": composite, "torch.compile composite": compiled}
-        times = {name: bench(step(fn, z, t, y), warmup=args.warmup, repeat=args.repeat)
-                 for name, fn in impls.items()}
-        base = times["eager composite"]["median_ms"]
-        comp = times["torch.compile composite"]["median_ms"]
+        impls = {"ours (C++)": ours, "eager composite": composite, "torch.compile composite": torch.compile(composite)}
+        times, per_round = interleaved(impls, lambda fn: step(fn, z, t, y), args.rounds, args.repeat)
         for name, tm in times.items():
             rows.append({"device": "cpu", "threads": args.threads, "B": B, "C": C, "dtype": str(dtype).split(".")[-1],
                          "impl": name, "fwd+bwd ms (median)": tm["median_ms"], "min ms": tm["min_ms"],
-                         "runs": tm["runs"], "speedup vs eager": base / tm["median_ms"],
-                         "speedup vs compile": comp / tm["median_ms"]})
+                         "runs": tm["runs"], "round medians ms": tm["round_medians"],
+                         "speedup vs eager": ratio(per_round, "eager composite", name),
+                         "speedup vs compile": ratio(per_round, "torch.compile composite", name)})
     return rows
 
 
@@ -175,7 +200,8 @@ def gpu_section(args) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--repeat", type=int, default=30)
+    p.add_argument("--repeat", type=int, default=10, help="runs per round (CPU) or in all (GPU)")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (CPU)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--skip-cpu", action="store_true")
     args = p.parse_args(argv)

