@@ -119,3 +119,14 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     a, b = load_weights(whole / "model.pt"), load_weights(killed / "model.pt")
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+
+
+def test_fresh_run_in_a_used_directory_starts_clean(tmp_path, capsys):
+    train, test = synthetic(64, C, (16, 16, 1), 0), synthetic(16, C, (16, 16, 1), 1)
+    out = str(tmp_path / "run")
+    small = TrainConfig(model="cnn", width=4, epochs=1, batch_size=32, log_every=1)
+    train_run(small, train, test, out_dir=out, resume=True, progress=False)  # no checkpoint yet: fresh
+    train_run(small, train, test, out_dir=out, progress=False)  # not resuming: an older run's log goes
+    assert "starts fresh" in capsys.readouterr().out
+    steps = [json.loads(x)["step"] for x in open(os.path.join(out, "metrics.jsonl"))]
+    assert steps == [1, 2, 2]  # two step records and the epoch record, once
