@@ -13,7 +13,7 @@ from kdprune.reproduce import alphafit, grid
 
 CSV_COLUMNS = ("key", "studies", "method", "fraction", "kd", "alpha", "teacher", "seed", "test_accuracy",
                "test_loss", "kept", "samples_seen", "train_wall_time_s", "select_wall_time_s", "wall_time_s",
-               "student", "device", "finished_at")
+               "student", "device", "torch_threads", "finished_at")
 
 
 def study_keys(p, fit: dict | None) -> dict[str, list]:
@@ -96,6 +96,19 @@ def wall_table(p, by_key, records) -> str:
     return _md_table(["training"] + [f"f={f:g}" for f in p.fractions], rows)
 
 
+def score_times(out: str) -> dict:
+    """Wall time (s) of each saved score file, from its provenance JSON."""
+    d = os.path.join(out, "scores")
+    if not os.path.isdir(d):
+        return {}
+    times = {}
+    for name in sorted(os.listdir(d)):
+        if name.endswith(".json"):
+            with open(os.path.join(d, name)) as f:
+                times[name[:-5]] = json.load(f).get("wall_time_s")
+    return times
+
+
 def write_csv(path: str, rows: list[dict]) -> None:
     from kdprune.report import write_text_atomic
 
@@ -130,7 +143,7 @@ def write_outputs(rep, total_wall_time_s: float | None = None) -> dict:
     machine = machine_info(rep.device)
     summary = {"preset": p.as_dict(), "dataset": {"name": rep.train.name, "train": len(rep.train),
                                                   "test": len(rep.test), "fingerprint": rep.train.fingerprint},
-               "teachers": rep.teachers, "alpha_fit": fit, "runs_finished": len(records),
+               "teachers": rep.teachers, "scores": score_times(out), "alpha_fit": fit, "runs_finished": len(records),
                "runs_planned": len(grid.unique([c for cells in studies.values() for c in cells])),
                "student_wall_time_s": float(sum(r["wall_time_s"] for r in records)),
                "total_wall_time_s": total_wall_time_s, "machine": machine}
@@ -160,7 +173,8 @@ def report_markdown(rep, summary, by_key, fit, records, pngs) -> str:
         f"Seeds: {', '.join(map(str, p.seeds))}; entries are test accuracy in %, mean ± std over seeds. "
         f"Runs finished: {summary['runs_finished']} of {summary['runs_planned']}; student wall time "
         f"{summary['student_wall_time_s'] / 60:.1f} min"
-        + (f", whole reproduction {summary['total_wall_time_s'] / 60:.1f} min." if summary["total_wall_time_s"] else "."),
+        + (f"; this invocation took {summary['total_wall_time_s'] / 60:.1f} min (a resumed reproduction counts "
+           "only what it ran; teachers and scores are in summary.json)." if summary["total_wall_time_s"] else "."),
         "",
     ]
     if fit is not None:

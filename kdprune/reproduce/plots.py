@@ -72,7 +72,7 @@ def alpha_plot(plt, p, by_key, fit, path):
         ax2.plot(fs, [q["best_alpha"] for q in fit["points"]], "o", label="best alpha (mean over seeds)")
         xs = np.geomspace(min(fs), max(fs), 100) if len(fs) > 1 else np.array(fs)
         ax2.plot(xs, [alphafit.rule_alpha(fit, x) for x in xs], "-",
-                 label=f"fit: clip({fit['a']:.2f} + {fit['b']:.2f} ln f, 0, 1)")
+                 label=f"fit: clip({fit['a']:.2f} {'-' if fit['b'] < 0 else '+'} {abs(fit['b']):.2f} ln f, 0, 1)")
         ax2.set_xscale("log")
         ax2.set_xticks(p.fractions, [f"{f:g}" for f in p.fractions])
     ax2.set_ylim(-0.05, 1.05)

@@ -31,6 +31,11 @@ def machine_info(device: str) -> dict:
     return info
 
 
+def _threads() -> int:
+    import torch
+    return torch.get_num_threads()
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
     if device != "auto":
@@ -183,7 +188,7 @@ class Reproduction:
                   "test_accuracy": m["test_accuracy"], "test_loss": m["test_loss"], "kept": m["kept"],
                   "samples_seen": m["samples_seen"], "train_wall_time_s": m["wall_time_s"],
                   "select_wall_time_s": select_s, "wall_time_s": time.perf_counter() - t0,
-                  "student": self.p.student.name, "device": self.device,
+                  "student": self.p.student.name, "device": self.device, "torch_threads": _threads(),
                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         _write_json(path, record)
         return record
