@@ -6,7 +6,6 @@ code path (and see the loss fall), small enough that the file runs in well under
 """
 import json
 import math
-import os
 
 import numpy as np
 import pytest

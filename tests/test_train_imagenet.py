@@ -48,8 +48,9 @@ def test_imagenet_recipe_end_to_end(tmp_path):
                 "--out", str(tmp_path / "kept")]) == 0
     # 4. the student under torchrun, distilling the stored views
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    launcher = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
     student = tmp_path / "student"
-    res = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "kdprune", "train", *data,
+    res = subprocess.run([*launcher, "--standalone", "--nproc_per_node=2", "-m", "kdprune", "train", *data,
                           "--config", CONFIG, *SMALL, "--epochs", "2", "--amp", "bf16",
                           "--subset", str(tmp_path / "kept"), "--store", str(tmp_path / "logits"),
                           "--out", str(student)],
