@@ -179,6 +179,19 @@ def test_inplace_writes_the_gradient_into_the_logits():
     torch.testing.assert_close(leaf.grad, expected)
 
 
+def test_non_contiguous_inputs():
+    case = Case(12, 40)
+    z, t, y = case.inputs()
+    zt, tt = z.t().contiguous().t(), t.t().contiguous().t()  # same values, column-major
+    assert not zt.is_contiguous()
+    out, dz = run(cpu_loss, zt, tt, y, case.kwargs())
+    ref, dz_ref = run(cpu_loss, z, t, y, case.kwargs())
+    torch.testing.assert_close(out.loss, ref.loss)
+    torch.testing.assert_close(dz, dz_ref)
+    with pytest.raises(ValueError, match="must then be contiguous"):
+        kd_loss(zt, tt, y, backend="cpu", inplace=True, **case.kwargs())
+
+
 def test_auto_backend_on_cpu_is_the_extension():
     from kdprune.loss.function import resolve_backend
 

@@ -7,7 +7,8 @@ Backends (an explicit string, chosen once per call):
   tensors, or CPU tensors under ``TRITON_INTERPRET=1``);
 - ``"torch"``: the pure-torch reference ``kd_loss_ref`` (any device, float64 too), differentiated by
   autograd;
-- ``"auto"``: CUDA -> ``"triton"``; CPU -> ``"cpu"`` when the extension is built, else ``"torch"``.
+- ``"auto"``: CUDA -> ``"triton"`` (``"torch"`` without triton); CPU -> ``"cpu"`` when the extension is
+  built, else ``"torch"``; float64 (or any dtype the kernels do not take) -> ``"torch"``.
 
 Both fused ops compute the gradient of the reduced loss in the forward pass into a buffer (a fresh
 one, or the student logits themselves with ``inplace=True``); backward only scales it in place by
@@ -46,7 +47,8 @@ def _register_cpu_op() -> bool:
     """Load the C++ op and give it a fake impl, so torch.compile can trace it; False when unbuilt."""
     from kdprune import _native
 
-    if not _native.available():
+    # an extension built before csrc/kd_loss.cpp existed lacks the op: treat it as unbuilt
+    if not _native.available() or not hasattr(torch.ops.kdprune, "kd_loss_fwd"):
         return False
     torch.library.register_fake("kdprune::kd_loss_fwd")(_fake_forward)
     torch.library.register_fake("kdprune::kd_loss_bwd_")(_fake_backward)
@@ -76,7 +78,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         raise ConfigError(f"kd_loss: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         if device.type == "cuda":
-            return "triton"
+            return "triton" if _HAS_TRITON_OPS else "torch"
         return "cpu" if device.type == "cpu" and _HAS_CPU_OP else "torch"
     if backend == "cpu" and device.type != "cpu":
         raise ConfigError(f"kd_loss: backend='cpu' needs CPU tensors, got {device}; use backend='auto'")
@@ -106,7 +108,7 @@ def _check_settings(alpha, temperature, reduction, label_smoothing, backend):
         raise ConfigError(f"kd_loss: backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def _check_tensors(student, teacher, labels, backend):
+def _check_tensors(student, teacher, labels, backend, inplace=False):
     if student.dim() != 2:
         raise ValueError(f"kd_loss: student logits must be [B, C], got shape {tuple(student.shape)}")
     if teacher is None or teacher.shape != student.shape:
@@ -119,6 +121,9 @@ def _check_tensors(student, teacher, labels, backend):
     if student.device != teacher.device or student.device != labels.device:
         raise ValueError(f"kd_loss: student ({student.device}), teacher ({teacher.device}) and labels "
                          f"({labels.device}) must be on one device")
+    if inplace and not student.is_contiguous():
+        raise ValueError("kd_loss: inplace=True writes the gradient into the student logits, which must then be "
+                         "contiguous; call .contiguous() first or drop inplace")
     if backend != "torch":
         for name, x in (("student", student), ("teacher", teacher)):
             if x.dtype not in _KERNEL_DTYPES:
@@ -134,7 +139,7 @@ class _FusedKDLoss(torch.autograd.Function):
                 backend, inplace, needs_grad):
         grad = None
         if needs_grad:
-            grad = student if inplace else torch.empty_like(student)
+            grad = student if inplace else torch.empty_like(student, memory_format=torch.contiguous_format)
         code = _REDUCTION_CODE[reduction]
         op = torch.ops.kdprune.kd_loss_fwd if backend == "cpu" else torch.ops.kdprune.kd_loss_fwd_triton
         loss, ce, kl, el2n = op(student, teacher, labels, grad, alpha, temperature, label_smoothing,
@@ -183,9 +188,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     alpha, temperature, label_smoothing = float(alpha), float(temperature), float(label_smoothing)
     _check_settings(alpha, temperature, reduction, label_smoothing, backend)
     chosen = resolve_backend(backend, student_logits.device)
-    if backend == "auto" and {student_logits.dtype, teacher_logits.dtype} - set(_KERNEL_DTYPES):
+    if backend == "auto" and teacher_logits is not None and \
+            {student_logits.dtype, teacher_logits.dtype} - set(_KERNEL_DTYPES):
         chosen = "torch"  # float64 and friends: only the reference computes in them
-    _check_tensors(student_logits, teacher_logits, labels, chosen)
+    _check_tensors(student_logits, teacher_logits, labels, chosen, inplace)
     if chosen == "torch":
         return kd_loss_ref(student_logits, teacher_logits, labels, alpha=alpha, temperature=temperature,
                            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing)
