@@ -16,6 +16,12 @@ from torch import nn
 from kdprune.errors import ConfigError
 
 
+def forward_batch(device) -> int:
+    """Batch of the forward-only passes: small on a CPU, where activations that stay in cache win
+    (128 ran 2x faster than 1024 for the width-16 CNN on Fashion-MNIST), large on a GPU."""
+    return 1024 if torch.device(device).type == "cuda" else 128
+
+
 def _batches(images, batch_size: int):
     """(start, float tensor [b, C, H, W]) chunks of uint8 [N, H, W, C] ``images``."""
     from kdprune.data import to_float
@@ -60,14 +66,14 @@ def grand_scores(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, ba
 
 
 @torch.no_grad()
-def grand_last_layer(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, batch_size: int = 1024,
+def grand_last_layer(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, batch_size: int | None = None,
                      device="cpu") -> np.ndarray:
     """Last-layer GraNd: ``||softmax(z) - onehot(y)|| * ||[h, 1]||``, the exact gradient norm of the
     cross-entropy over the head's weight and bias (h = ``model.embed(x)``), float32[N]."""
     head = _head(model)
     model = model.to(device).eval()
     out = np.empty(len(labels), np.float32)
-    for start, x in _batches(images, batch_size):
+    for start, x in _batches(images, batch_size or forward_batch(device)):
         y = torch.as_tensor(labels[start:start + len(x)], device=device)
         h = model.embed(x.to(device)).float()
         p = torch.softmax(head(h), dim=1)

@@ -68,9 +68,11 @@ def prototype_scores(embeddings, k: int, *, seed: int = 0, normalize: bool = Tru
 
 
 @torch.no_grad()
-def embed_all(model, images: np.ndarray, *, batch_size: int = 1024, device="cpu") -> torch.Tensor:
+def embed_all(model, images: np.ndarray, *, batch_size: int | None = None, device="cpu") -> torch.Tensor:
     """``model.embed`` of every image (uint8 [N, H, W, C]) in eval mode, float32 [N, D] on the CPU."""
     from kdprune.data import to_float
+    from kdprune.scores.grand import forward_batch
+    batch_size = batch_size or forward_batch(device)
     if not hasattr(model, "embed"):
         raise ConfigError("prototype scores need a model with .embed(x) (kdprune's models have one)")
     model = model.to(device).eval()
