@@ -16,7 +16,7 @@ def register(sub):
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available; default)")
     p.add_argument("--jobs", type=int, default=1,
                    help="student runs trained at once in separate processes, torch threads split between "
-                        "them (on a 2-core CPU, --jobs 2 is about twice as fast; on a GPU keep 1)")
+                        "them (small models on a few CPU cores: use --jobs 2; on a GPU keep 1)")
     p.add_argument("--write-alpha-fit", action="store_true",
                    help="copy the fitted alpha rule to kdprune/loss/alpha_fit.json (what alpha='auto' uses)")
     p.add_argument("--copy-to", default=None, metavar="DIR",
