@@ -17,6 +17,9 @@ def register(sub):
     p.add_argument("--jobs", type=int, default=1,
                    help="student runs trained at once in separate processes, torch threads split between "
                         "them (small models on a few CPU cores: use --jobs 2; on a GPU keep 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of this process (default: torch's); --jobs splits them between the "
+                        "workers. On a shared CPU, 1 thread per process is much faster for these small models")
     p.add_argument("--write-alpha-fit", action="store_true",
                    help="copy the fitted alpha rule to kdprune/loss/alpha_fit.json (what alpha='auto' uses)")
     p.add_argument("--copy-to", default=None, metavar="DIR",
@@ -32,6 +35,13 @@ def run(args):
     from kdprune.reproduce.publish import copy_results, install_alpha_fit
 
     out = args.out or os.path.join("runs", "reproduce", args.preset)
+    if args.threads is not None:
+        import torch
+
+        from kdprune.errors import ConfigError
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)  # asked for on the command line, for this process only
     summary = reproduce(args.preset, out, data_dir=args.data_dir, device=args.device,
                         progress=not args.no_progress, jobs=args.jobs)
     with open(os.path.join(out, "results.md")) as f:

@@ -119,7 +119,7 @@ class Reproduction:
         if not os.path.exists(metrics_path):
             self.log(f"[reproduce] teacher {spec.name}: training on all {len(self.train)} samples")
             train_run(self._train_config(spec, seed=0), self.train, self.test, out_dir=tdir,
-                      progress=self.progress, desc=f"teacher {spec.name}")
+                      progress=self.progress, desc=f"teacher {spec.name}", resume=True)
         m = _read_json(metrics_path)
         store_path = os.path.join(tdir, "logits")
         if not os.path.isdir(store_path):
@@ -220,7 +220,7 @@ class Reproduction:
             if c.kd:
                 self.teacher_store(teachers.get(c.teacher) or self.p.teacher)
             self.subset(c)
-        threads = max(1, torch.get_num_threads() // self.jobs)
+        threads = max(1, torch.get_num_threads() // self.jobs)  # never more threads than this process has
         args = (self.p, self.out, self.data_dir, self.device, threads)
         with ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                  initargs=args) as pool:
