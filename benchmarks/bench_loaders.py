@@ -98,10 +98,15 @@ def main():
     p.add_argument("--backends", default="torch,ffcv,ffcv-native,dali",
                    help="ffcv-native: FFCV cropping inside its JPEG decoder (native_crop=True)")
     p.add_argument("--datasets", default="fashion-mnist,jpeg-folder")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="torch threads in the main process (0: leave torch's default); on a shared, "
+                        "oversubscribed box 2 OpenMP threads can make small element-wise ops 100x slower")
     p.add_argument("--fmnist-crop", action="store_true", help="random-resized-crop Fashion-MNIST too")
     p.add_argument("--tag", default="", help="results go to benchmarks/results/loaders[-TAG].json")
     p.add_argument("--work", default="/tmp/kdprune-bench-loaders", help="where the data and conversions go")
     args = p.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
 
     sources, paths = prepare(args)
     rows = []

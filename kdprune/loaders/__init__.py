@@ -52,9 +52,13 @@ def build(backend: str, source, ids, *, batch_size: int, train: bool, seed: int 
 
 def require_backend(backend: str) -> None:
     """Import the optional library a backend needs, or say how to install it."""
+    import torch
     module, extra = {"ffcv": ("ffcv", "ffcv"), "dali": ("nvidia.dali", "dali")}[backend]
+    threads = torch.get_num_threads()
     try:
         __import__(module)
     except ImportError as err:
         raise ConfigError(f"the {backend} backend needs {module}, which does not import ({err}); install it "
                           f"with `pip install 'kdprune[{extra}]'` (or `make install`)") from err
+    finally:
+        torch.set_num_threads(threads)  # importing ffcv sets torch's global thread count to 1
