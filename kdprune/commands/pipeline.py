@@ -9,13 +9,14 @@ def register(sub):
     p.add_argument("--runs-dir", default="runs")
     add_data_args(p)
     p.add_argument("--fraction", type=float, default=0.3, help="keep fraction f in (0, 1] (default 0.3)")
-    p.add_argument("--teacher-epochs", type=int, default=4)
-    p.add_argument("--teacher-width", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=4, help="student epochs (same at every fraction)")
-    p.add_argument("--width", type=int, default=16, help="student width")
+    p.add_argument("--teacher-epochs", type=int, default=3)
+    p.add_argument("--teacher-width", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=3, help="student epochs (same at every fraction)")
+    p.add_argument("--width", type=int, default=8, help="student width")
     p.add_argument("--alpha", default="auto", help="KD weight in [0, 1], or 'auto' (default)")
     p.add_argument("--temperature", type=float, default=4.0)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -26,7 +27,7 @@ def run(args):
     from kdprune.train.config import TrainConfig
 
     alpha = args.alpha if args.alpha == "auto" else float(args.alpha)
-    common = {"batch_size": args.batch_size, "seed": args.seed}
+    common = {"batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
     cfg = PipelineConfig(
         name=args.name, runs_dir=args.runs_dir, dataset=args.dataset, data_dir=args.data_dir,
         synthetic_samples=args.synthetic_samples, fraction=args.fraction, kd_alpha=alpha,
