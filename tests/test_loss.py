@@ -12,7 +12,6 @@ from kdprune.loss import KDLoss, KDOutput, alpha_for_fraction, kd_loss, kd_loss_
 from kdprune.loss import alpha as alpha_mod
 from kdprune.loss.testing import Case, check, failures, max_err, run
 
-CPU = "cpu"
 
 
 def cpu_loss(*args, **kw):
@@ -27,10 +26,10 @@ def assert_ok(case, fn=cpu_loss, factor=4.0):
 # The acceptance grid of the issue: every C (2 .. 32000, odd 1271 included), batch 1 / 7 / 289,
 # T in {1, 4} (T == 1 shares the student's exps), alpha in {0, 0.5, 1}, 30% ignored labels, in fp32.
 # One corner is thinned: C = 32000 x B = 289 (9M logits; the float64 oracle with autograd costs
-# seconds per case) runs at alpha = 0.5 only, which exercises both terms; alpha 0 and 1 are covered
-# at every other shape. 104 cases.
+# seconds per case) runs once, at T = 4 and alpha = 0.5 (both terms, both softmaxes); T = 1 and
+# alpha 0 / 1 are covered at every other shape. 103 cases.
 GRID = [(C, B, T, a) for C in (2, 10, 100, 1000, 1271, 32000) for B in (1, 7, 289) for T in (1.0, 4.0)
-        for a in (0.0, 0.5, 1.0) if not (C == 32000 and B == 289 and a != 0.5)]
+        for a in (0.0, 0.5, 1.0) if not (C == 32000 and B == 289 and (a, T) != (0.5, 4.0))]
 
 
 @pytest.mark.parametrize("C, B, T, alpha", GRID)
@@ -255,7 +254,7 @@ def test_gradcheck_float64_reference_and_closed_form():
     y = torch.tensor([0, 3, -100, 6, 2])
     for reduction in ("mean", "sum", "none"):
         f = lambda z_: kd_loss_ref(z_, t, y, alpha=a, temperature=T, label_smoothing=eps, reduction=reduction).loss
-        assert torch.autograd.gradcheck(f, (z,))
+        assert torch.autograd.gradcheck(f, (z,), fast_mode=True)
     (g,) = torch.autograd.grad(kd_loss_ref(z, t, y, alpha=a, temperature=T, label_smoothing=eps).loss, z)
     valid = (y != -100).double()[:, None]
     q = torch.full((B, C), eps / C, dtype=torch.float64)

@@ -69,10 +69,16 @@ def max_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     """Largest |x - ref| over finite reference entries; inf when x is non-finite where ref is finite,
     or when the infinities / NaNs do not sit at the same places."""
     x, ref = x.detach().double().cpu(), ref.detach().double().cpu()
+    if ref.numel() == 0:
+        return 0.0
     fin = torch.isfinite(ref)
-    if not torch.equal(torch.isfinite(x), fin) or not torch.equal(x[~fin].nan_to_num(), ref[~fin].nan_to_num()):
+    if not torch.equal(torch.isfinite(x), fin):
         return float("inf")
-    return float((x[fin] - ref[fin]).abs().max()) if fin.any() else 0.0
+    if not bool(fin.all()):  # the same infinities (NaNs compared as equal) where ref is not finite
+        if not torch.equal(torch.where(fin, 0.0, x).nan_to_num(), torch.where(fin, 0.0, ref).nan_to_num()):
+            return float("inf")
+        x, ref = torch.where(fin, x, 0.0), torch.where(fin, ref, 0.0)
+    return float((x - ref).abs().max())
 
 
 def check(case: Case, fn: Callable[..., KDOutput], device="cpu", factor: float = 4.0) -> dict:
