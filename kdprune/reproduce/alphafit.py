@@ -45,6 +45,7 @@ def fit_rule(points: list[dict]) -> dict:
         a, b = float(y.mean()), 0.0
     else:
         b, a = (float(v) for v in np.polyfit(x, y, 1))
+        b = 0.0 if abs(b) < 1e-12 else b  # equal best alphas: a flat line, not -0.000
     return {"form": FORM, "a": a, "b": b, "points": points}
 
 
