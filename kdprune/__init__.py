@@ -18,6 +18,10 @@ _EXPORTS = {
     "IndexSet": "kdprune.selection",
     "prune": "kdprune.selection",
     "load_dataset": "kdprune.data",
+    "compute_score": "kdprune.scores",
+    "save_scores": "kdprune.scores",
+    "load_scores": "kdprune.scores",
+    "RS2Sampler": "kdprune.scores.rs2",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

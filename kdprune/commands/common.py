@@ -1,5 +1,5 @@
 """Arguments several commands share, so each means the same everywhere."""
-from kdprune.data import DATASETS
+from kdprune.catalog import DATASETS
 
 
 def add_data_args(p):

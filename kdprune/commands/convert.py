@@ -3,7 +3,7 @@ with a manifest recording the source's fingerprint (a conversion of other data i
 
 
 def register(sub):
-    from kdprune.data import DATASETS
+    from kdprune.catalog import DATASETS
     p = sub.add_parser("convert", help="convert a dataset for the ffcv or dali loader backend",
                        description="Writes an FFCV .beton (image, label and sample-id fields) or a DALI "
                                    "directory (images.npy, or a file list of the JPEGs) plus a manifest "

@@ -15,7 +15,7 @@ from kdprune.errors import DataError
 __all__ = ["ArrayDataset", "Augment", "load_dataset", "load_fashion_mnist", "load_cifar", "synthetic",
            "fingerprint_arrays", "to_float"]
 
-DATASETS = ("fashion-mnist", "cifar10", "cifar100", "synthetic")
+from kdprune.catalog import DATASETS  # noqa: E402  (re-exported)
 
 
 def load_dataset(name: str, split: str = "train", data_dir: str | None = None, *,
