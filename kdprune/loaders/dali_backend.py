@@ -58,9 +58,9 @@ class _BatchSource:
         ids = self.order[info.iteration * bs:(info.iteration + 1) * bs]
         if len(ids) == 0:
             raise StopIteration
-        samples = self.loader.read(ids)
-        labels = self.loader.labels[ids]
-        return samples, [np.array(v, dtype=np.int64) for v in labels], [np.array(i, dtype=np.int64) for i in ids]
+        # dense batches ([B, ...] arrays) where the samples allow: far cheaper than lists of arrays
+        labels = np.ascontiguousarray(self.loader.labels[ids], dtype=np.int64)[:, None]
+        return self.loader.read(ids), labels, np.ascontiguousarray(ids, dtype=np.int64)[:, None]
 
 
 class DALILoader(KeptIdLoader):
@@ -84,8 +84,8 @@ class DALILoader(KeptIdLoader):
         self._source = _BatchSource(self)
         self._pipe = None
 
-    def read(self, ids) -> list:
-        """The stored samples ``ids`` (encoded JPEG bytes or raw arrays), counted as read."""
+    def read(self, ids):
+        """The stored samples ``ids``, counted as read: a list of encoded JPEGs, or one raw array."""
         self.counter.note(ids)
         if self.jpeg:
             out = []
@@ -97,7 +97,7 @@ class DALILoader(KeptIdLoader):
                                     "re-run `kdprune convert --format dali` on the folder") from err
             return out
         rows = self.images[np.sort(ids)]  # one sorted gather from the memory map
-        return list(rows[np.argsort(np.argsort(ids))])
+        return np.ascontiguousarray(rows[np.argsort(np.argsort(ids))])
 
     def _pipeline(self):
         if self._pipe is None:
