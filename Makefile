@@ -15,6 +15,8 @@ SOURCES := $(wildcard csrc/*.cpp csrc/*.h) setup.py pyproject.toml
 
 demo: install
 	$(PY) -m kdprune pipeline --name demo
+	$(PY) -m kdprune reproduce --preset demo --jobs 2 --threads 1
+	@echo "[kdprune] demo report: runs/demo/report.md (reduced reproduction: runs/reproduce/demo/results.md)"
 
 test: install
 	$(PY) -m pytest -q tests
@@ -49,7 +51,7 @@ bench: install
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
 reproduce: install
-	$(PY) -m kdprune reproduce
+	$(PY) -m kdprune reproduce --preset full --jobs 2 --write-alpha-fit --copy-to docs/results/full
 
 clean:
 	rm -rf build kdprune/_C*.so *.egg-info

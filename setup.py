@@ -22,6 +22,7 @@ packages = find_packages(include=["kdprune", "kdprune.*"]) + ["kdprune.kernels"]
 setup(
     packages=packages,
     package_dir={"kdprune.kernels": "kernels"},
+    package_data={"kdprune.loss": ["alpha_fit.json"]},
     ext_modules=[
         CppExtension(
             "kdprune._C",

@@ -158,3 +158,15 @@ def test_synthetic_is_deterministic_and_balanced():
 def test_unknown_dataset_lists_choices():
     with pytest.raises(DataError, match="fashion-mnist"):
         load_dataset("imagenet-1k")
+
+
+def test_synthetic_test_split_is_the_same_task():
+    """A nearest-template classifier fitted on train must do well on test (same class templates)."""
+    train = load_dataset("synthetic", "train", num_samples=600, num_classes=6, seed=2)
+    test = load_dataset("synthetic", "test", num_samples=600, num_classes=6, seed=2)
+    assert test.fingerprint != train.fingerprint
+    x_tr = train.images.reshape(len(train), -1).astype(np.float64)
+    x_te = test.images.reshape(len(test), -1).astype(np.float64)
+    means = np.stack([x_tr[train.labels == k].mean(0) for k in range(6)])
+    pred = ((x_te[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
+    assert (pred == test.labels).mean() > 0.9

@@ -22,7 +22,8 @@ def load_dataset(name: str, split: str = "train", data_dir: str | None = None, *
                  num_samples: int = 2000, num_classes: int = 10, shape=(28, 28, 1), seed: int = 0) -> ArrayDataset:
     """Load a dataset by name: ``fashion-mnist``, ``cifar10``, ``cifar100`` or ``synthetic``.
 
-    For ``synthetic``, the test split is drawn with a different seed (``seed + 1``) and a sixth the size.
+    For ``synthetic``, the test split is the same task (class templates from ``seed``) with other
+    samples, a sixth the size.
     """
     if name == "fashion-mnist":
         return load_fashion_mnist(split, data_dir)
@@ -32,7 +33,7 @@ def load_dataset(name: str, split: str = "train", data_dir: str | None = None, *
         return load_cifar(name, split, data_dir)
     if name == "synthetic":
         if split == "test":
-            return synthetic(max(num_samples // 6, num_classes), num_classes, shape, seed + 1)
+            return synthetic(max(num_samples // 6, num_classes), num_classes, shape, seed, sample_seed=seed + 1)
         return synthetic(num_samples, num_classes, shape, seed)
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
