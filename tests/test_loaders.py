@@ -230,6 +230,7 @@ def _ddp_rank(rank, world, init_file, jobs, out_dir):
     """One rank: every loader finds torch.distributed initialised and serves this rank's shard."""
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    threads = torch.get_num_threads()  # ffcv is not imported yet in this fresh process
     try:
         for key, (backend, source, path, ids) in jobs.items():
             extra = {"workers": 1} if backend == "torch" else {"path": path, "workers": 1}
@@ -238,6 +239,7 @@ def _ddp_rank(rank, world, init_file, jobs, out_dir):
             served = np.concatenate([b.ids.numpy() for b in loader])
             np.save(os.path.join(out_dir, f"{key}-{rank}.npy"), served)
             np.save(os.path.join(out_dir, f"{key}-{rank}-reads.npy"), loader.counter.counts)
+            assert torch.get_num_threads() == threads, f"{key} changed torch's thread count"
         dist.barrier()
     finally:
         dist.destroy_process_group()
