@@ -18,6 +18,9 @@ def register(sub):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--augment", action="store_true",
+                   help="random-resized-crop augmentation for the students (off by default: the store "
+                        "holds the teacher's logits on the clean images)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -27,7 +30,7 @@ def run(args):
     from kdprune.train.config import TrainConfig
 
     alpha = args.alpha if args.alpha == "auto" else float(args.alpha)
-    common = {"batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    common = {"batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "augment": args.augment}
     cfg = PipelineConfig(
         name=args.name, runs_dir=args.runs_dir, dataset=args.dataset, data_dir=args.data_dir,
         synthetic_samples=args.synthetic_samples, fraction=args.fraction, kd_alpha=alpha,
