@@ -118,17 +118,9 @@ def _class_balanced_take(order: np.ndarray, labels: np.ndarray, k: int) -> np.nd
 
 
 def _check_prune_scores(scores) -> np.ndarray:
-    scores = np.asarray(getattr(scores, "scores", scores))  # a ScoreFile or an array
-    if scores.ndim != 1:
-        raise DataError(f"scores must be 1-D [N], got shape {scores.shape}")
-    if not np.issubdtype(scores.dtype, np.number):
-        raise DataError(f"scores must be numbers, got dtype {scores.dtype}")
-    scores = scores.astype(np.float64)
-    bad = ~np.isfinite(scores)
-    if bad.any():
-        raise DataError(f"scores contain {int(bad.sum())} NaN/inf values (e.g. at ids "
-                        f"{np.flatnonzero(bad)[:5].tolist()}); recompute them with `kdprune score`")
-    return scores
+    from kdprune.scores.io import check_scores
+
+    return check_scores(getattr(scores, "scores", scores), dtype=np.float64)  # a ScoreFile or an array
 
 
 def prune(scores=None, fraction: float = 1.0, *, mode: str = "random", labels=None,

@@ -29,14 +29,14 @@ def _stem(path: str) -> str:
     return path
 
 
-def check_scores(scores, what: str = "scores") -> np.ndarray:
-    """``scores`` as a 1-D float32 array; raise a clear error on another shape or NaN/inf."""
+def check_scores(scores, what: str = "scores", dtype=np.float32) -> np.ndarray:
+    """``scores`` as a 1-D ``dtype`` array; raise a clear error on another shape or NaN/inf."""
     scores = np.asarray(scores)
     if scores.ndim != 1:
         raise DataError(f"{what} must be 1-D [N], got shape {scores.shape}")
     if not np.issubdtype(scores.dtype, np.number):
         raise DataError(f"{what} must be numbers, got dtype {scores.dtype}")
-    scores = scores.astype(np.float32)
+    scores = scores.astype(dtype)
     bad = ~np.isfinite(scores)
     if bad.any():
         ids = np.flatnonzero(bad)[:5].tolist()
