@@ -93,6 +93,21 @@ def _row_outputs(s1, o1, q1, sT, st, a, sz, m1, mt, z_y, e_y, valid, in_range, d
 
 
 @triton.jit
+def _grad_coefficients(DENOM, alpha, inv_t, s1, sT, st, has_teacher, eps, C, HAS_DENOM: tl.constexpr):
+    """Per-row coefficients of the gradient of the reduced loss, shared by both layouts:
+    g = c1 * exp(z - m1) + cT * exp((z - m1) / T) - ct * exp((t - mt) / T) - cq, with b = (1 - alpha)
+    scaled. The mean's 1 / denom is applied here, not in backward."""
+    gscale = 1.0
+    if HAS_DENOM:
+        gscale = 1.0 / tl.load(DENOM)
+    b = (1.0 - alpha) * gscale
+    aT = alpha / inv_t * gscale
+    cT = tl.where(has_teacher, aT / sT, 0.0)  # no teacher distribution: no KL term
+    ct = tl.where(has_teacher, aT / st, 0.0)
+    return b, b / s1, cT, ct, b * eps / C
+
+
+@triton.jit
 def _kd_single_block_kernel(
     S, T, Y, G, LOSS, CE, KL, EL2N, DENOM,
     B, C, stride_s, stride_t, stride_g,
@@ -157,16 +172,8 @@ def _kd_single_block_kernel(
     tl.store(EL2N + rows, el2n, mask=rmask)
 
     if HAS_GRAD:
-        # the gradient of the reduced loss: the mean's 1 / denom is applied here, not in backward
-        gscale = 1.0
-        if HAS_DENOM:
-            gscale = 1.0 / tl.load(DENOM)
-        b = (1.0 - alpha) * gscale
-        aT = alpha / inv_t * gscale
-        c1 = b / s1
-        cT = tl.where(has_teacher, aT / sT, 0.0)  # no teacher distribution: no KL term
-        ct = tl.where(has_teacher, aT / st, 0.0)
-        cq = b * eps / C
+        b, c1, cT, ct, cq = _grad_coefficients(DENOM, alpha, inv_t, s1, sT, st, has_teacher, eps, C,
+                                               HAS_DENOM)
         g = c1[:, None] * e1 + cT[:, None] * eT - ct[:, None] * et - cq
         # p_y - q_y = -(sum_{j != y} p_j) + eps (1 - 1/C)
         eT_y = tl.sum(tl.where(is_y, eT, 0.0), 1)
@@ -257,16 +264,8 @@ def _kd_online_kernel(
     tl.store(EL2N + row, el2n)
 
     if HAS_GRAD:
-        # the gradient of the reduced loss: the mean's 1 / denom is applied here, not in backward
-        gscale = 1.0
-        if HAS_DENOM:
-            gscale = 1.0 / tl.load(DENOM)
-        b = (1.0 - alpha) * gscale
-        aT = alpha / inv_t * gscale
-        c1 = b / s1
-        cT = tl.where(has_teacher, aT / sT, 0.0)  # no teacher distribution: no KL term
-        ct = tl.where(has_teacher, aT / st, 0.0)
-        cq = b * eps / C
+        b, c1, cT, ct, cq = _grad_coefficients(DENOM, alpha, inv_t, s1, sT, st, has_teacher, eps, C,
+                                               HAS_DENOM)
         eT_y = tl.exp((z_y - m1) * inv_t)
         et_y = tl.exp((t_y - mt) * inv_t)
         gy = b * (-o1 / s1 + eps * (1.0 - 1.0 / C)) + cT * eT_y - ct * et_y

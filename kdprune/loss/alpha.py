@@ -57,3 +57,15 @@ def alpha_for_fraction(keep_fraction: float) -> float:
         raise ConfigError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
     a, b, _ = coefficients()
     return min(1.0, max(0.0, a + b * math.log(f)))
+
+
+def resolve_alpha(alpha, keep_fraction=None, who: str = "kd_loss") -> float:
+    """A number in ``alpha``, or ``alpha_for_fraction(keep_fraction)`` for ``alpha="auto"``; ``who``
+    names the caller in the error."""
+    if isinstance(alpha, str):
+        if alpha != "auto":
+            raise ConfigError(f"{who}: alpha must be a number in [0, 1] or 'auto', got {alpha!r}")
+        if keep_fraction is None:
+            raise ConfigError(f"{who}: alpha='auto' needs keep_fraction (the fraction of the dataset kept)")
+        return alpha_for_fraction(keep_fraction)
+    return float(alpha)

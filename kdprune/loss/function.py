@@ -24,7 +24,7 @@ from typing import Optional, Union
 import torch
 
 from kdprune.errors import ConfigError
-from kdprune.loss.alpha import alpha_for_fraction
+from kdprune.loss.alpha import resolve_alpha
 from kdprune.loss.reference import REDUCTIONS, KDOutput, kd_loss_ref
 
 BACKENDS = ("auto", "triton", "cpu", "torch")
@@ -179,13 +179,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     into ``student_logits`` (saving a B x C buffer; the logits are overwritten, so nothing else may
     use them after this call). The gradient flows to the student only; the teacher is a constant.
     """
-    if isinstance(alpha, str):
-        if alpha != "auto":
-            raise ConfigError(f"kd_loss: alpha must be a number in [0, 1] or 'auto', got {alpha!r}")
-        if keep_fraction is None:
-            raise ConfigError("kd_loss: alpha='auto' needs keep_fraction (the fraction of the dataset kept)")
-        alpha = alpha_for_fraction(keep_fraction)
-    alpha, temperature, label_smoothing = float(alpha), float(temperature), float(label_smoothing)
+    alpha = resolve_alpha(alpha, keep_fraction, "kd_loss")
+    temperature, label_smoothing = float(temperature), float(label_smoothing)
     _check_settings(alpha, temperature, reduction, label_smoothing, backend)
     chosen = resolve_backend(backend, student_logits.device)
     if backend == "auto" and teacher_logits is not None and \

@@ -20,16 +20,9 @@ class KDLoss(torch.nn.Module):
                  ignore_index: int = -100, label_smoothing: float = 0.0, backend: str = "auto",
                  keep_fraction: Optional[float] = None, inplace: bool = False):
         super().__init__()
-        if isinstance(alpha, str):
-            from kdprune.errors import ConfigError
-            from kdprune.loss.alpha import alpha_for_fraction
+        from kdprune.loss.alpha import resolve_alpha
 
-            if alpha != "auto":
-                raise ConfigError(f"KDLoss: alpha must be a number in [0, 1] or 'auto', got {alpha!r}")
-            if keep_fraction is None:
-                raise ConfigError("KDLoss: alpha='auto' needs keep_fraction (the fraction of the dataset kept)")
-            alpha = alpha_for_fraction(keep_fraction)
-        self.alpha = float(alpha)
+        self.alpha = resolve_alpha(alpha, keep_fraction, "KDLoss")
         self.temperature = float(temperature)
         self.reduction = reduction
         self.ignore_index = int(ignore_index)
