@@ -13,6 +13,7 @@ import os
 import torch
 from torch import nn
 
+from kdprune.atomic import atomic_open
 from kdprune.errors import ConfigError
 
 
@@ -169,13 +170,11 @@ def build_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.M
 def save_model(path: str, model: nn.Module, spec: dict) -> None:
     """Save ``model``'s weights to ``path`` and ``spec`` (``name``, ``num_classes``, ``in_channels``,
     ``kwargs``, anything else descriptive) to ``path + '.json'``, each atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
-    with open(path + ".json.tmp", "w") as f:
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
+    with atomic_open(path + ".json") as f:
         json.dump(spec, f, indent=2)
-    os.replace(path + ".json.tmp", path + ".json")
 
 
 def load_model(path: str, map_location="cpu") -> nn.Module:

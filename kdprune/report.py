@@ -1,7 +1,7 @@
 """Small helpers for the files a person reads: Markdown tables, atomic text writes."""
 from __future__ import annotations
 
-import os
+from kdprune.atomic import atomic_open
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
@@ -13,10 +13,5 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 def write_text_atomic(path: str, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half of it."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_open(path) as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

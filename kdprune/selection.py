@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from kdprune.atomic import atomic_open
 from kdprune.errors import ConfigError, DataError
 
 
@@ -19,16 +20,6 @@ def check_fraction(fraction: float) -> float:
         raise ConfigError(f"keep fraction must lie in (0, 1], got {fraction}; "
                           "e.g. 0.3 keeps 30% of the samples")
     return fraction
-
-
-def _write_atomic(path: str, write) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class IndexSet:
@@ -66,10 +57,11 @@ class IndexSet:
 
     def save(self, stem: str) -> None:
         """Write ``stem.npy`` (the ids) and ``stem.json`` (the meta), each atomically."""
-        os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
-        _write_atomic(stem + ".npy", lambda p: np.save(open(p, "wb"), self.ids))
+        with atomic_open(stem + ".npy", "wb") as f:
+            np.save(f, self.ids)
         meta = {**self.meta, "count": len(self)}
-        _write_atomic(stem + ".json", lambda p: json.dump(meta, open(p, "w"), indent=2))
+        with atomic_open(stem + ".json") as f:
+            json.dump(meta, f, indent=2)
 
     @classmethod
     def load(cls, stem: str) -> "IndexSet":

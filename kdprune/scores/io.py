@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from kdprune.errors import DataError
-from kdprune.selection import _write_atomic
+from kdprune.atomic import atomic_open
 
 
 class ScoreFile(NamedTuple):
@@ -51,9 +51,10 @@ def save_scores(stem: str, scores, meta: dict) -> None:
     stem = _stem(stem)
     scores = check_scores(scores)
     meta = {**meta, "num_samples": int(len(scores)), "dtype": "float32", "orientation": "higher = harder"}
-    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
-    _write_atomic(stem + ".npy", lambda p: np.save(open(p, "wb"), scores))
-    _write_atomic(stem + ".json", lambda p: json.dump(meta, open(p, "w"), indent=2))
+    with atomic_open(stem + ".npy", "wb") as f:
+        np.save(f, scores)
+    with atomic_open(stem + ".json") as f:
+        json.dump(meta, f, indent=2)
 
 
 def load_scores(stem: str, expect_fingerprint: str | None = None,

@@ -7,10 +7,10 @@ a run killed at any instant leaves either the previous checkpoint or the new one
 """
 from __future__ import annotations
 
-import os
 
 import torch
 
+from kdprune.atomic import atomic_open
 from kdprune.errors import ConfigError
 
 VERSION = 1
@@ -33,17 +33,8 @@ def set_rng_state(state: dict) -> None:
 
 def save(path: str, state: dict) -> None:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"version": VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path, "wb") as f:
+        torch.save({"version": VERSION, **state}, f)
 
 
 def load(path: str) -> dict:

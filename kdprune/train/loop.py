@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from tqdm.auto import tqdm
 
+from kdprune.atomic import atomic_open
 from kdprune.errors import ConfigError
 from kdprune.train import checkpoint as ckpt
 from kdprune.train import distributed as dist
@@ -360,9 +361,8 @@ class Trainer:
                     pass
         keep = [r for r in records if r.get("step", 0) <= self.step
                 and not (r.get("kind") == "epoch" and r["epoch"] >= self.epoch)]
-        with open(path + ".tmp", "w") as f:
+        with atomic_open(path) as f:
             f.writelines(json.dumps(r) + "\n" for r in keep)
-        os.replace(path + ".tmp", path)
 
 
 def fit(model, loader, *, loss_fn, epochs: int | None = None, lr: float | None = None, teacher=None,

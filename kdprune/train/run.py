@@ -13,6 +13,7 @@ import time
 import numpy as np
 import torch
 
+from kdprune.atomic import atomic_open
 from kdprune.data import Augment
 from kdprune.errors import ConfigError
 from kdprune.train import distributed as dist
@@ -156,10 +157,8 @@ def _save_scores(out_dir: str, table, train_set, fraction: float) -> None:
     if table is None:
         return
     for name, arr in (("el2n_epochs.npy", table.rows()), ("el2n.npy", table.score())):
-        tmp = os.path.join(out_dir, name + ".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_open(os.path.join(out_dir, name), "wb") as f:
             np.save(f, arr)
-        os.replace(tmp, os.path.join(out_dir, name))
     _write_json(os.path.join(out_dir, "el2n.json"),
                 {"method": "el2n", "source": "training", "epochs": int(len(table.rows())),
                  "orientation": "higher = harder", "num_samples": len(train_set),
@@ -168,7 +167,5 @@ def _save_scores(out_dir: str, table, train_set, fraction: float) -> None:
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_open(path) as f:
         json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
