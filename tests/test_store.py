@@ -123,6 +123,18 @@ def test_pickled_store_reopens_its_maps(tmp_path):
     torch.testing.assert_close(clone.gather([2, 9], view=1), expected([2, 9], 1, "float16"), rtol=0, atol=0)
 
 
+def test_prefault_maps_every_page_and_survives_pickling(tmp_path, monkeypatch):
+    from kdprune.store import reader
+
+    store = fill(str(tmp_path / "s"), views=2).prefault()
+    torch.testing.assert_close(store.gather([3, 0], view=1), expected([3, 0], 1, "float16"), rtol=0, atol=0)
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone._prefault  # a DataLoader worker or DDP rank maps its pages too
+    # the fallback for kernels without MADV_POPULATE_READ (or other systems) reads a byte per page
+    monkeypatch.setattr(reader.sys, "platform", "darwin")
+    torch.testing.assert_close(clone.gather([2, 9], view=1), expected([2, 9], 1, "float16"), rtol=0, atol=0)
+
+
 # -- writer: resume, completeness, atomic publish --------------------------------------------------------
 def test_exception_in_with_keeps_partial_and_resumes(tmp_path):
     path = str(tmp_path / "s")

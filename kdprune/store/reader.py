@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -29,6 +30,7 @@ class TeacherStore:
         self._pid = None
         self._maps: dict = {}
         self._tensors: dict = {}
+        self._prefault = False
 
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -118,6 +120,8 @@ class TeacherStore:
         for key, dname in self.layout.files().items():
             with open(os.path.join(self.path, fmt.file_name(key)), "rb") as f:
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            if self._prefault:
+                _populate(mm)
             with warnings.catch_warnings():
                 # the map is read-only and nothing writes through these tensors (they never leave here)
                 warnings.simplefilter("ignore", UserWarning)
@@ -130,11 +134,22 @@ class TeacherStore:
         """Drop this process's maps (they are re-opened on the next gather)."""
         self._tensors, self._maps, self._pid = {}, {}, None
 
+    def prefault(self) -> "TeacherStore":
+        """Read the whole store into the page cache and map every page of it into this process now
+        (and again in every process it is pickled or forked to), so that no gather waits on the disk
+        or takes a page fault. What a training loop wants: on the ImageNet-sized store a gather of
+        1024 random rows from a map that has not been touched yet pays a page fault per row.
+        Costs one read of the store per machine (page cache) plus its page tables per process."""
+        self._prefault = True
+        self._map()
+        return self
+
     def __getstate__(self):
-        return {"path": self.path, "_header": self._header, "layout": self.layout}
+        return {"path": self.path, "_header": self._header, "layout": self.layout, "_prefault": self._prefault}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._prefault = state.get("_prefault", False)
         self._pid, self._maps, self._tensors = None, {}, {}
 
     # -- reading ---------------------------------------------------------------------------------------------
@@ -201,6 +216,19 @@ class TeacherStore:
                              "re-create the store with `kdprune logits`")
         return {"chunks": len(todo) * len(lay.files()),
                 "bytes": sum(lay.file_bytes(k) for k in lay.files())}
+
+
+def _populate(mm: mmap.mmap) -> None:
+    """Fault every page of ``mm`` in: MADV_POPULATE_READ (Linux 5.14+) builds the page tables in one
+    call; elsewhere read one byte of each page."""
+    if len(mm) == 0:
+        return
+    try:
+        if not sys.platform.startswith("linux"):
+            raise OSError("MADV_POPULATE_READ is Linux-only")
+        mm.madvise(getattr(mmap, "MADV_POPULATE_READ", 22))
+    except (OSError, ValueError):
+        np.frombuffer(mm, dtype=np.uint8)[::mmap.PAGESIZE].sum()
 
 
 def _ids_tensor(ids) -> torch.Tensor:

@@ -22,7 +22,8 @@ class StoredTeacher:
         if num_classes is not None and store.num_classes != num_classes:
             raise StoreError(f"the teacher store holds logits over {store.num_classes} classes but the dataset "
                              f"has {num_classes}; recompute it with `kdprune logits` for this dataset")
-        self.store = store
+        # every step gathers random rows: map them all once instead of faulting pages in during training
+        self.store = store.prefault()
 
     @property
     def views(self) -> int:
