@@ -33,7 +33,7 @@ namespace {
 
 constexpr int64_t kPrefetchRows = 8;       // rows ahead of the copy
 constexpr int64_t kInterleave = 8;         // rows copied side by side
-constexpr int64_t kChunkBytes = 128 << 10;  // rows per claimed chunk: ~20 us of copying
+constexpr int64_t kChunkBytes = 512 << 10;  // rows per claimed chunk: ~50 us of copying
 constexpr int64_t kSpinMicros = 200;        // a helper's wait for the next job before it blocks
 
 std::atomic<bool> forked_child{false};
