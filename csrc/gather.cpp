@@ -1,17 +1,17 @@
 // Row gather from the teacher store: out[i, :] = src[ids[i], :], multi-threaded, bounds-checked.
 //
-// The store's reader calls this on a zero-copy tensor over its memory map; every row is one memcpy of
-// C * itemsize bytes, so the op is dtype-agnostic (fp32, fp16, bf16, int32 top-k indices alike).
-// Random rows of a file in the page cache are latency-bound (TLB and cache misses), so each thread
-// prefetches a few rows ahead of the one it copies, including the page a row runs into.
+// The store's reader calls this on a zero-copy tensor over its memory map; every row is C * itemsize
+// raw bytes, so the op is dtype-agnostic (fp32, fp16, bf16, int32 top-k indices alike). Random rows
+// of a file in the page cache are latency-bound (TLB and cache misses), so each thread copies several
+// rows side by side and prefetches a few rows ahead, including the page a row runs into.
 //
-// Threads: the calling thread copies chunks of rows taken from an atomic counter, and helpers
-// started on torch's inter-op pool (at::launch) take chunks from the same counter. Unlike an OpenMP
-// parallel region (at::parallel_for), nothing waits at a barrier for a helper that the OS has not
-// scheduled yet: on a busy machine the caller simply does more of the chunks. (Measured on a shared
-// 2-core box: a parallel_for gather of 2 MB took 0.3 ms or, when the second core was taken, 16-20 ms;
-// this scheme stays at the single-thread time or better.) The caller waits only for chunks a helper
-// has claimed; a helper that starts after the gather finished finds no chunk left and touches nothing.
+// Threads: the calling thread copies chunks of rows taken from an atomic counter, and helpers from a
+// small pool of our own (HelperPool) take chunks from the same counter. Unlike an OpenMP parallel
+// region (at::parallel_for), nothing waits at a barrier for a helper that the OS has not scheduled
+// yet: on a busy machine the caller simply does more of the chunks. (Measured on a shared 2-core box:
+// a parallel_for gather of 2 MB took 0.3 ms or, when the second core was taken, 16-20 ms; this scheme
+// stays at the single-thread time or better.) The caller waits only for chunks a helper has claimed;
+// a helper that picks a job up after the gather finished finds no chunk left and touches nothing.
 //
 // Fork safety: a process forked from a parent that started the helper threads has no such threads,
 // so in a forked child the op copies on the calling thread (the pid-checked reader re-maps the store).
