@@ -213,8 +213,12 @@ def test_parallel_jobs_finish_every_cell(tmp_path):
     small = grid.Preset(**{**p.__dict__, "name": "tiny-jobs", "methods": ("random", "el2n"),
                            "capacity_teachers": (), "capacity_fractions": ()})
     out = str(tmp_path / "jobs")
-    summary = reproduce(small, out, device="cpu", progress=False, log=lambda line: None, jobs=2)
+    lines = []
+    summary = reproduce(small, out, device="cpu", progress=False, log=lines.append, jobs=2)
     assert summary["runs_finished"] == summary["runs_planned"] >= 4
+    # the EL2N score was computed once, by a worker, before the cells that select by it
+    assert lines.count("[reproduce] scores: el2n seed 0") == 1
+    assert os.path.exists(os.path.join(out, "scores", "el2n_s0.json"))
     rows = list(csv.DictReader(open(os.path.join(out, "results.csv"))))
     assert {r["method"] for r in rows} == {"random", "el2n", "full"}
     with pytest.raises(ConfigError, match="jobs"):

@@ -137,7 +137,7 @@ class Reproduction:
         from kdprune.scores import compute_score, load_scores, save_scores
 
         teacher_based = name.startswith("teacher-")
-        stem = os.path.join(self.out, "scores", name if teacher_based else f"{name}_s{seed}")
+        stem = self._score_stem(name, seed)
         if stem in self._scores:
             return self._scores[stem]
         if not os.path.exists(stem + ".json"):
@@ -151,6 +151,16 @@ class Reproduction:
         sf = load_scores(stem, expect_fingerprint=self.train.fingerprint, expect_num_samples=len(self.train))
         self._scores[stem] = sf.scores
         return sf.scores
+
+    def _score_stem(self, name: str, seed: int) -> str:
+        return os.path.join(self.out, "scores", name if name.startswith("teacher-") else f"{name}_s{seed}")
+
+    def _missing_scores(self, cells: list[Cell]) -> list[tuple[str, int]]:
+        """The (score, seed) pairs ``cells`` select by that are not on disk yet and train a model of
+        their own (teacher scores only read the store)."""
+        needed = {(METHOD_SCORE[c.method][0], c.seed) for c in cells if c.method in METHOD_SCORE}
+        return sorted((n, s) for n, s in needed
+                      if not n.startswith("teacher-") and not os.path.exists(self._score_stem(n, s) + ".json"))
 
     def subset(self, cell: Cell):
         """The ids a cell trains on (None = all)."""
@@ -209,21 +219,27 @@ class Reproduction:
 
     def _run_parallel(self, todo: list[Cell], title: str, teachers: dict) -> None:
         """Train ``todo`` in ``self.jobs`` processes of ``threads // jobs`` torch threads each. What the
-        cells read (teacher stores, scores) is made here first, so the workers only train."""
+        cells read is made first: the scores in the workers, the teacher stores here."""
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         import torch
         from tqdm.auto import tqdm
 
-        for c in todo:
-            if c.kd:
-                self.teacher_store(teachers.get(c.teacher) or self.p.teacher)
-            self.subset(c)
         threads = max(1, torch.get_num_threads() // self.jobs)  # never more threads than this process has
         args = (self.p, self.out, self.data_dir, self.device, threads)
         with ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                  initargs=args) as pool:
+            # the scores train models too: one per worker side by side, not one after another here
+            missing = self._missing_scores(todo)
+            for name, seed in missing:
+                self.log(f"[reproduce] scores: {name} seed {seed}")
+            for fut in [pool.submit(_worker_score, name, seed) for name, seed in missing]:
+                fut.result()
+            for c in todo:
+                if c.kd:
+                    self.teacher_store(teachers.get(c.teacher) or self.p.teacher)
+                self.subset(c)
             futures = [pool.submit(_worker_run, c, teachers.get(c.teacher)) for c in todo]
             for fut in tqdm(as_completed(futures), total=len(futures), desc=f"{title} ({self.jobs} jobs)",
                             disable=not self.progress):
@@ -279,6 +295,10 @@ def _worker_init(preset, out_dir, data_dir, device, threads) -> None:
     torch.set_num_threads(threads)  # this process's own pool: the jobs share the cores between them
     _WORKER = Reproduction(preset, out_dir, data_dir=data_dir, device=device, progress=False,
                            log=lambda line: None, _worker=True)
+
+
+def _worker_score(name: str, seed: int) -> None:
+    _WORKER.score(name, seed)
 
 
 def _worker_run(cell: Cell, teacher: ModelSpec | None) -> str:
