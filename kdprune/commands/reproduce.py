@@ -8,7 +8,7 @@ def register(sub):
                     "fitted alpha_for_fraction rule, every pruning method at every keep fraction without and "
                     "with KD, and the teacher-capacity study. Finished runs are never recomputed.")
     p.add_argument("--preset", default="reduced", choices=("full", "reduced", "demo", "tiny"),
-                   help="size: full (the whole grid, ~2-3 h on 2 CPU cores), reduced (an end-to-end check), "
+                   help="size: full (the whole grid, ~75 min on 2 CPU cores), reduced (an end-to-end check), "
                         "demo (what `make demo` runs), tiny (synthetic data, for tests); default reduced")
     p.add_argument("--out", default=None, help="output directory (default runs/reproduce/PRESET)")
     p.add_argument("--data-dir", default=None,
