@@ -95,8 +95,8 @@ struct Gather {
   }
 };
 
-// Helper threads of the gather, kept alive between calls. After a job a helper spins (pausing, and
-// yielding its core to anything runnable) for kSpinMicros before it blocks: gathers come in bursts
+// Helper threads of the gather, kept alive between calls. After a job a helper spins (yielding its
+// core to anything runnable on each turn) for kSpinMicros before it blocks: gathers come in bursts
 // (a loader's batch, the top-k store's two arrays, a benchmark), and waking a blocked thread costs
 // tens of microseconds on a VM whose idle vCPU has halted, a large share of a 0.2 ms gather. The
 // caller never depends on a helper: it copies every chunk nobody claimed (see Gather::work).

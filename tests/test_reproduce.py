@@ -216,7 +216,7 @@ def test_parallel_jobs_finish_every_cell(tmp_path):
     lines = []
     summary = reproduce(small, out, device="cpu", progress=False, log=lines.append, jobs=2)
     assert summary["runs_finished"] == summary["runs_planned"] >= 4
-    # the EL2N score was computed once, by a worker, before the cells that select by it
+    # the EL2N score was computed once (in a worker, before the cells that select by it) and saved
     assert lines.count("[reproduce] scores: el2n seed 0") == 1
     assert os.path.exists(os.path.join(out, "scores", "el2n_s0.json"))
     rows = list(csv.DictReader(open(os.path.join(out, "results.csv"))))

@@ -136,7 +136,7 @@ class Reproduction:
         teacher scores do not depend on the seed and are computed once in all."""
         from kdprune.scores import compute_score, load_scores, save_scores
 
-        teacher_based = name.startswith("teacher-")
+        teacher_based = _seedless(name)
         stem = self._score_stem(name, seed)
         if stem in self._scores:
             return self._scores[stem]
@@ -153,14 +153,14 @@ class Reproduction:
         return sf.scores
 
     def _score_stem(self, name: str, seed: int) -> str:
-        return os.path.join(self.out, "scores", name if name.startswith("teacher-") else f"{name}_s{seed}")
+        return os.path.join(self.out, "scores", name if _seedless(name) else f"{name}_s{seed}")
 
     def _missing_scores(self, cells: list[Cell]) -> list[tuple[str, int]]:
         """The (score, seed) pairs ``cells`` select by that are not on disk yet and train a model of
         their own (teacher scores only read the store)."""
         needed = {(METHOD_SCORE[c.method][0], c.seed) for c in cells if c.method in METHOD_SCORE}
         return sorted((n, s) for n, s in needed
-                      if not n.startswith("teacher-") and not os.path.exists(self._score_stem(n, s) + ".json"))
+                      if not _seedless(n) and not os.path.exists(self._score_stem(n, s) + ".json"))
 
     def subset(self, cell: Cell):
         """The ids a cell trains on (None = all)."""
@@ -283,6 +283,11 @@ class Reproduction:
         """Every finished cell's record."""
         d = os.path.join(self.out, "cells")
         return [_read_json(os.path.join(d, n)) for n in sorted(os.listdir(d)) if n.endswith(".json")]
+
+
+def _seedless(score: str) -> bool:
+    """Teacher-based scores read the teacher's store: one file for all seeds, no model trained."""
+    return score.startswith("teacher-")
 
 
 _WORKER = None  # the Reproduction of a worker process
