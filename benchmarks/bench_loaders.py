@@ -6,9 +6,10 @@ px, training with the replayed random-resized-crop to ``--crop``), ``--workers``
 processes, FFCV or DALI threads) each.
 
 Targets (from issue 6): epoch time at fraction f <= 1.15 x f x the full epoch's, on every backend;
-FFCV >= 2x the torch DataLoader's samples/s on the JPEG folder with the same worker count. Rows
-``ffcv-native`` crop inside FFCV's JPEG decoder (``native_crop=True``: the store's boxes, OpenCV's
-resampling); the others all crop with ``Augment.apply`` (bilinear grid_sample, pixel-exact replay).
+FFCV >= 2x the torch DataLoader's samples/s on the JPEG folder with the same worker count. Every
+backend replays the store's crop: torch and DALI with ``Augment.apply`` (bilinear grid_sample, in the
+DataLoader's workers for torch, in the main process for DALI), FFCV with the same sampling compiled
+into its decode threads (``loaders/crop_kernel.py``).
 
 Each (backend, fraction) builds a loader over a random subset and runs a few warm-up batches (FFCV
 compiles its pipeline, DataLoader workers start); then all the loaders of a dataset (every backend at
@@ -96,8 +97,7 @@ def main():
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per point (median)")
-    p.add_argument("--backends", default="torch,ffcv,ffcv-native,dali",
-                   help="ffcv-native: FFCV cropping inside its JPEG decoder (native_crop=True)")
+    p.add_argument("--backends", default="torch,ffcv,dali")
     p.add_argument("--datasets", default="fashion-mnist,jpeg-folder")
     p.add_argument("--torch-threads", type=int, default=0,
                    help="torch threads in the main process (0: leave torch's default); on a shared, "
@@ -120,14 +120,10 @@ def main():
             Augment(seed=0, out_size=(28, 28) if name == "fashion-mnist" else (args.crop, args.crop))
         loaders = {}
         for backend in args.backends.split(","):
-            if backend == "ffcv-native" and name != "jpeg-folder":
-                continue  # the native crop is a JPEG-decoder option
             for f in FRACTIONS:
                 ids = np.sort(np.random.default_rng(1).choice(n, int(round(f * n)), replace=False))
-                extra = {} if backend == "torch" else {"path": paths[name, backend.split("-")[0]]}
-                if backend == "ffcv-native":
-                    extra["native_crop"] = True
-                loaders[backend, f] = build(backend.split("-")[0], source, ids, batch_size=args.batch_size,
+                extra = {} if backend == "torch" else {"path": paths[name, backend]}
+                loaders[backend, f] = build(backend, source, ids, batch_size=args.batch_size,
                                             train=True, seed=0, augment=augment, views=4,
                                             workers=args.workers, **extra)
         # every (backend, fraction) takes its turn in every round: load drift hits all rows alike, so

@@ -7,10 +7,10 @@ order as the other backends and each rank reads only its shard. The decoders are
 by one call that counts the ids they are asked to decode, so the read counts are measured where the
 bytes are decoded.
 
-Training crops: by default the full image is decoded and ``Augment.apply`` crops it (bilinear
-``grid_sample``), pixel-identical to the teacher store's view. With ``native_crop=True`` (JPEG
-sources) the same boxes are cropped and resized inside FFCV's compiled decoder instead, which is
-much faster and differs from the store's pixels only by the resampling filter.
+Training crops happen inside FFCV's compiled, multi-threaded decode: each image is decoded and
+cropped to its (view, id) box by ``crop_kernel.crop_resize_into``, grid_sample's bilinear sampling,
+so batches equal the teacher store's view to float32 rounding, and the main process only copies
+finished float32 batches out of FFCV's buffers.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from kdprune.data import to_float
 from kdprune.errors import DataError
 from kdprune.loaders.base import NATIVE_THREADS, KeptIdLoader, ReadCounter
 from kdprune.loaders.converted import check_index_fingerprint, read_manifest, source_info, write_manifest
@@ -115,54 +114,69 @@ def _counting(decoder_cls, counter: ReadCounter):
     return Counting
 
 
-def _replay_crop_decoder(loader: "FFCVLoader"):
-    """An FFCV JPEG decoder that crops each image to the box ``Augment.boxes`` gives for (view, id)
-    and resizes it to ``augment.out_size`` inside FFCV's compiled, multi-threaded decode (OpenCV's
-    area resize), instead of a bilinear ``grid_sample`` on full decoded images afterwards. The boxes
-    are the store's exactly; only the resampling differs (by a few grey levels). The flip is applied
-    on the batch afterwards."""
+def _replay_crop_decoder(loader: "FFCVLoader", raw: bool):
+    """An FFCV decoder that decodes each image and crops it to the box and flip ``Augment.boxes``
+    gives for (view, id), inside FFCV's compiled, multi-threaded decode, so the main process receives
+    finished float32 ``[B, C, H', W']`` batches. The crop is ``crop_kernel.crop_resize_into``:
+    grid_sample's bilinear sampling, the store's view to float32 rounding."""
     from dataclasses import replace
 
+    from ffcv.fields.ndarray import NDArrayDecoder
     from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder
-    from ffcv.libffcv import imdecode, resize_crop
+    from ffcv.libffcv import imdecode
     from ffcv.pipeline.allocation_query import AllocationQuery
     from ffcv.pipeline.compiler import Compiler
     from numba import objmode
 
-    out_h, out_w = loader.augment.out_size
+    from kdprune.loaders.crop_kernel import crop_resize_into
 
-    class ReplayCrop(SimpleRGBImageDecoder):
+    class ReplayCrop(NDArrayDecoder if raw else SimpleRGBImageDecoder):
         def declare_state_and_memory(self, previous_state):
-            super().declare_state_and_memory(previous_state)  # refuses images of several sizes
-            height, width = int(self.metadata["height"][0]), int(self.metadata["width"][0])
-            loader.native_size = (height, width)
-            shape = (out_h, out_w, 3)
-            return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype("<u1")),
-                    (AllocationQuery(shape, np.dtype("<u1")),
-                     AllocationQuery((height * width * 3,), np.dtype("<u1"))))
+            if raw:
+                height, width, channels = self.field.shape
+            else:
+                super().declare_state_and_memory(previous_state)  # refuses images of several sizes
+                height, width, channels = int(self.metadata["height"][0]), int(self.metadata["width"][0]), 3
+            loader.image_size = (height, width)
+            out_h, out_w = loader.augment.out_size or (height, width)
+            shape, dtype = (channels, out_h, out_w), np.dtype("<f4")
+            # a JPEG is decoded into a scratch image per sample before it is cropped
+            scratch = () if raw else (AllocationQuery((height * width * 3,), np.dtype("<u1")),)
+            return (replace(previous_state, jit_mode=True, shape=shape, dtype=dtype),
+                    (AllocationQuery(shape, dtype),) + scratch)
 
         def generate_code(self):
             mem_read, my_range = self.memory_read, Compiler.get_iterator()
-            imdecode_c, resize_crop_c = Compiler.compile(imdecode), Compiler.compile(resize_crop)
+            imdecode_c = Compiler.compile(imdecode)
             jpg = IMAGE_MODES["jpg"]
-            boxes_of = loader.native_boxes
+            boxes_of = loader.crop_boxes
+            shape = tuple(self.field.shape) if raw else None
 
-            def decode(batch_indices, my_storage, metadata, storage_state):
-                destination, temp_storage = my_storage
+            # the reader is picked here rather than branched on inside the compiled loop: numba
+            # types every branch
+            def read_raw(sample, storage, slot, metadata, storage_state):
+                return mem_read(metadata[sample], storage_state).reshape(shape)
+
+            def read_jpeg(sample, storage, slot, metadata, storage_state):
+                field = metadata[sample]
+                data = mem_read(field["data_ptr"], storage_state)
+                height, width = np.uint32(field["height"]), np.uint32(field["width"])
+                if field["mode"] == jpg:
+                    buffer = storage[1][slot]
+                    imdecode_c(data, buffer, height, width, height, width, 0, 0, 1, 1, False, False)
+                    return buffer.reshape(height, width, 3)
+                return data.reshape(height, width, 3)
+
+            read = Compiler.compile(read_raw if raw else read_jpeg)
+
+            def decode(batch_indices, storage, metadata, storage_state):
+                destination = storage[0]
                 with objmode(boxes="int64[:, :]"):
                     boxes = boxes_of(batch_indices)  # counts the reads too
                 for i in my_range(len(batch_indices)):
-                    field = metadata[batch_indices[i]]
-                    data = mem_read(field["data_ptr"], storage_state)
-                    height, width = np.uint32(field["height"]), np.uint32(field["width"])
-                    if field["mode"] == jpg:
-                        buffer = temp_storage[i]
-                        imdecode_c(data, buffer, height, width, height, width, 0, 0, 1, 1, False, False)
-                        image = buffer.reshape(height, width, 3)
-                    else:
-                        image = data.reshape(height, width, 3)
-                    top, left, h, w = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
-                    resize_crop_c(image, top, top + h, left, left + w, destination[i])
+                    image = read(batch_indices[i], storage, i, metadata, storage_state)
+                    box = boxes[i]
+                    crop_resize_into(image, box[0], box[1], box[2], box[3], box[4] != 0, destination[i])
                 return destination[:len(batch_indices)]
 
             decode.is_parallel = True
@@ -194,23 +208,20 @@ def _kept_order(loader: "FFCVLoader"):
 class FFCVLoader(KeptIdLoader):
     """Batches of the kept ids of a ``.beton`` (see :func:`write_beton`), ``workers`` decode threads."""
 
-    def __init__(self, path: str, ids, *, source=None, workers: int = 2, native_crop: bool = False, **kwargs):
+    def __init__(self, path: str, ids, *, source=None, workers: int = 2, **kwargs):
         manifest = read_manifest(path, "ffcv", source)
         check_index_fingerprint(ids, manifest)
         super().__init__(manifest["num_samples"], ids, **kwargs)
         self.path, self.manifest, self.workers = path, manifest, max(int(workers), 1)
-        # native_crop: crop + resize inside FFCV's JPEG decode (see _replay_crop_decoder)
-        self.native = bool(native_crop) and self.augment is not None and manifest["encoding"] == "jpeg"
-        if self.native and self.augment.out_size is None:
-            raise DataError("native_crop needs Augment(out_size=(H, W)): the size FFCV resizes crops to")
-        self.native_size = None
+        self.image_size = None  # (H, W) of the stored images, known once FFCV reads the metadata
         self._ffcv = None
 
-    def native_boxes(self, ids) -> np.ndarray:
-        """Crop boxes ``[B, 4]`` of this epoch's view for ``ids`` (called from the compiled decoder)."""
+    def crop_boxes(self, ids) -> np.ndarray:
+        """``[B, 5]`` int64 (top, left, h, w, flip) of this epoch's view for ``ids``; called once per
+        batch from the compiled decoder, which is also where the reads are counted."""
         self.counter.note(ids)
-        box, _ = self.augment.boxes(self._view, np.asarray(ids, dtype=np.int64), *self.native_size)
-        return np.ascontiguousarray(box, dtype=np.int64)
+        box, flips = self.augment.boxes(self._view, np.asarray(ids, dtype=np.int64), *self.image_size)
+        return np.ascontiguousarray(np.column_stack([box, flips]), dtype=np.int64)
 
     def _loader(self):
         if self._ffcv is None:
@@ -227,8 +238,8 @@ class FFCVLoader(KeptIdLoader):
 
             NATIVE_THREADS["started"] = True
             raw = self.manifest["encoding"] == "raw"
-            if self.native:
-                decoder = _replay_crop_decoder(self)
+            if self.augment is not None:
+                decoder = _replay_crop_decoder(self, raw)
             else:
                 decoder = _counting(NDArrayDecoder if raw else SimpleRGBImageDecoder, self.counter)
             # numba warns, when it compiles the pipeline at the first batch, that the object-mode
@@ -244,16 +255,13 @@ class FFCVLoader(KeptIdLoader):
                 raise DataError(f"{self.path}: {err}") from err
 
     def __iter__(self):
-        if not self.native:
+        if self.augment is None:
             yield from super().__iter__()
             return
-        self._view = view = self.view()
+        self._view = self.view()  # crop_boxes draws this epoch's view
         for images, labels, ids in self._decoded_batches(self.order()):
-            # the crop and resize happened in the decoder; the flip is left
-            _, flips = self.augment.boxes(view, ids, *self.native_size)
-            x = to_float(images)
-            x[torch.from_numpy(flips)] = x[torch.from_numpy(flips)].flip(3)
-            yield self._to_device(x, labels, ids)
+            # finished by the decoder; copied out of FFCV's buffer, which a later batch reuses
+            yield self._to_device(torch.from_numpy(images).clone(), labels, ids)
 
     def _decoded_batches(self, order):
         loader = self._loader()

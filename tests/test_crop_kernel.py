@@ -1,0 +1,66 @@
+"""The numba crop kernel FFCV's decoder runs against its reference, ``augment.crop_resize`` (grid_sample)
+in float64: every box shape (down- and up-sampling, the whole image, one pixel, boxes on the border),
+both flips, 1, 3 and 4 channels, odd output sizes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kdprune.data import Augment, to_float
+from kdprune.data.augment import crop_resize
+from kdprune.loaders.crop_kernel import crop_resize_into
+
+
+def kernel(images: np.ndarray, box: np.ndarray, flips: np.ndarray, out_hw) -> torch.Tensor:
+    out = np.full((len(images), images.shape[3], *out_hw), np.nan, dtype=np.float32)
+    for n in range(len(images)):
+        crop_resize_into(images[n], *box[n], bool(flips[n]), out[n])
+    return torch.from_numpy(out)
+
+
+def reference(images: np.ndarray, box, flips, out_hw, dtype=torch.float64) -> torch.Tensor:
+    return crop_resize(to_float(images).to(dtype), box, flips, out_hw)
+
+
+@settings(max_examples=60, deadline=None)
+@given(height=st.integers(1, 70), width=st.integers(1, 70), channels=st.sampled_from([1, 3, 4]),
+       out_h=st.integers(1, 50), out_w=st.integers(1, 50), seed=st.integers(0, 2**31), data=st.data())
+def test_random_boxes_match_the_float64_reference(height, width, channels, out_h, out_w, seed, data):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (3, height, width, channels), dtype=np.uint8)
+    box = np.zeros((3, 4), dtype=np.int64)
+    for n in range(3):
+        h, w = data.draw(st.integers(1, height)), data.draw(st.integers(1, width))
+        box[n] = data.draw(st.integers(0, height - h)), data.draw(st.integers(0, width - w)), h, w
+    flips = np.array([data.draw(st.booleans()) for _ in range(3)])
+    got = kernel(images, box, flips, (out_h, out_w))
+    torch.testing.assert_close(got.double(), reference(images, box, flips, (out_h, out_w)), atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("size,out_hw", [((256, 256), (224, 224)), ((32, 32), (24, 24)), ((28, 28), (28, 28)),
+                                         ((100, 60), (37, 80)), ((375, 500), (224, 224))])
+def test_augment_boxes_match_torch_to_float32_rounding(size, out_hw):
+    """The boxes training draws, against both the float64 reference and torch's own float32 path
+    (Augment.apply, what the other backends run): the kernel is nearer the float64 values than torch
+    is (torch's float32 coordinates are off by up to 1e-4 at 500 px, a sixtieth of a grey level)."""
+    rng = np.random.default_rng(sum(size))
+    images = rng.integers(0, 256, (32, *size, 3), dtype=np.uint8)
+    box, flips = Augment(seed=11, out_size=out_hw).boxes(2, np.arange(32), *size)
+    assert flips.any() and not flips.all()
+    got = kernel(images, box, flips, out_hw)
+    exact = reference(images, box, flips, out_hw)
+    torch32 = reference(images, box, flips, out_hw, torch.float32)
+    ours_err = (got.double() - exact).abs().max().item()
+    assert ours_err < 1e-6
+    assert ours_err <= (torch32.double() - exact).abs().max().item() < 2e-4
+
+
+def test_whole_image_unflipped_is_the_image():
+    images = np.random.default_rng(0).integers(0, 256, (2, 9, 13, 3), dtype=np.uint8)
+    box = np.array([[0, 0, 9, 13]] * 2)
+    got = kernel(images, box, np.array([False, True]), (9, 13))
+    torch.testing.assert_close(got[0], to_float(images)[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(got[1], to_float(images)[1].flip(2), atol=1e-6, rtol=0)
