@@ -118,12 +118,14 @@ def test_training_crop_replays_the_store_view(backend, name, data):
     """Epoch 4 with 3 views draws view 1: every batch equals the crop box + flip that
     Augment.boxes gives for (view 1, id), the one the teacher store's view 1 was computed on. The
     batches are all held before they are checked, so a batch that a later one overwrote (FFCV and
-    DALI decode into buffers they reuse) would be caught."""
+    DALI decode into buffers they reuse) would be caught, and an epoch left early runs before it."""
     entry = data[name]
     augment = Augment(seed=7, out_size=(24, 24))
     index = kept(len(entry["source"]), 0.5, seed=4)
     loader = make(backend, entry, index, augment=augment, views=3, batch_size=8)
     loader.set_epoch(4)
+    early = iter(loader)
+    next(early)  # an epoch left early and still referenced must not disturb the next one
     batches = list(loader)
     x = torch.cat([b.x for b in batches])
     ids = torch.cat([b.ids for b in batches]).numpy()

@@ -83,6 +83,7 @@ class DALILoader(KeptIdLoader):
                             f"`kdprune convert --format dali --out {path}`")
         self._source = _BatchSource(self)
         self._pipe = None
+        self._serving = None  # a token for the epoch being served
 
     def read(self, ids):
         """The stored samples ``ids``, counted as read: a list of encoded JPEGs, or one raw array."""
@@ -119,6 +120,9 @@ class DALILoader(KeptIdLoader):
         return self._pipe
 
     def _decoded_batches(self, order):
+        if self._serving is not None:  # an epoch left mid-way, still referenced: its pipeline is spent
+            self._pipe = None
+        self._serving = token = object()
         self._source.order = order
         pipe = self._pipeline()
         finished = False
@@ -131,10 +135,12 @@ class DALILoader(KeptIdLoader):
                     break
                 yield self._as_arrays(images, labels, ids)
         finally:
-            if finished:
-                pipe.reset()
-            else:  # left mid-epoch: DALI's prefetched batches belong to this epoch, start afresh
-                self._pipe = None
+            if self._serving is token:  # (a stale epoch closed late touches nothing)
+                self._serving = None
+                if finished:
+                    pipe.reset()
+                else:  # left mid-epoch: DALI's prefetched batches belong to this epoch, start afresh
+                    self._pipe = None
 
     def _as_arrays(self, images, labels, ids):
         try:

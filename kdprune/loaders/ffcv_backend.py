@@ -129,13 +129,16 @@ def _replay_crop_decoder(loader: "FFCVLoader", raw: bool):
     """An FFCV decoder that decodes each image and crops it to the box and flip ``Augment.boxes``
     gives for (view, id), inside FFCV's compiled, multi-threaded decode, so the main process receives
     finished float32 ``[B, C, H', W']`` batches. The crop is ``crop_kernel.crop_resize_into``:
-    grid_sample's bilinear sampling, the store's view to float32 rounding."""
+    grid_sample's bilinear sampling, the store's view to float32 rounding.
+
+    The output and the JPEG scratch images are the loader's own buffers (``FFCVLoader.next_batch``),
+    kept across epochs: FFCV would allocate fresh ones at every epoch (1 GB for batches of 256 crops
+    of 224 px), and faulting that in was 0.3 s of fixed cost per epoch."""
     from dataclasses import replace
 
     from ffcv.fields.ndarray import NDArrayDecoder
     from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder
     from ffcv.libffcv import imdecode
-    from ffcv.pipeline.allocation_query import AllocationQuery
     from ffcv.pipeline.compiler import Compiler
     from numba import objmode
 
@@ -150,45 +153,41 @@ def _replay_crop_decoder(loader: "FFCVLoader", raw: bool):
                 height, width, channels = int(self.metadata["height"][0]), int(self.metadata["width"][0]), 3
             loader.image_size = (height, width)
             out_h, out_w = loader.augment.out_size or (height, width)
-            shape, dtype = (channels, out_h, out_w), np.dtype("<f4")
-            # a JPEG is decoded into a scratch image per sample before it is cropped
-            scratch = () if raw else (AllocationQuery((height * width * 3,), np.dtype("<u1")),)
-            return (replace(previous_state, jit_mode=True, shape=shape, dtype=dtype),
-                    (AllocationQuery(shape, dtype),) + scratch)
+            loader.crop_shape = (channels, out_h, out_w)
+            # no allocation asked of FFCV: the buffers are the loader's (see next_batch)
+            return replace(previous_state, jit_mode=True, shape=loader.crop_shape, dtype=np.dtype("<f4")), None
 
         def build_code(self):
             mem_read, my_range = self.memory_read, Compiler.get_iterator()
             imdecode_c = Compiler.compile(imdecode)
             jpg = IMAGE_MODES["jpg"]
-            boxes_of = loader.crop_boxes
+            next_batch = loader.next_batch
             shape = tuple(self.field.shape) if raw else None
 
             # the reader is picked here rather than branched on inside the compiled loop: numba
             # types every branch
-            def read_raw(sample, storage, slot, metadata, storage_state):
+            def read_raw(sample, scratch, metadata, storage_state):
                 return mem_read(metadata[sample], storage_state).reshape(shape)
 
-            def read_jpeg(sample, storage, slot, metadata, storage_state):
+            def read_jpeg(sample, scratch, metadata, storage_state):
                 field = metadata[sample]
                 data = mem_read(field["data_ptr"], storage_state)
                 height, width = np.uint32(field["height"]), np.uint32(field["width"])
                 if field["mode"] == jpg:
-                    buffer = storage[1][slot]
-                    imdecode_c(data, buffer, height, width, height, width, 0, 0, 1, 1, False, False)
-                    return buffer.reshape(height, width, 3)
+                    imdecode_c(data, scratch, height, width, height, width, 0, 0, 1, 1, False, False)
+                    return scratch.reshape(height, width, 3)
                 return data.reshape(height, width, 3)
 
             read = Compiler.compile(read_raw if raw else read_jpeg)
 
             def decode(batch_indices, storage, metadata, storage_state):
-                destination = storage[0]
-                with objmode(boxes="int64[:, :]"):
-                    boxes = boxes_of(batch_indices)  # counts the reads too
+                with objmode(boxes="int64[:, ::1]", out="float32[:, :, :, ::1]", scratch="uint8[:, ::1]"):
+                    boxes, out, scratch = next_batch(batch_indices)  # counts the reads too
                 for i in my_range(len(batch_indices)):
-                    image = read(batch_indices[i], storage, i, metadata, storage_state)
+                    image = read(batch_indices[i], scratch[i], metadata, storage_state)
                     box = boxes[i]
-                    crop_resize_into(image, box[0], box[1], box[2], box[3], box[4] != 0, destination[i])
-                return destination[:len(batch_indices)]
+                    crop_resize_into(image, box[0], box[1], box[2], box[3], box[4] != 0, out[i])
+                return out[:len(batch_indices)]
 
             decode.is_parallel = True
             return decode
@@ -225,14 +224,27 @@ class FFCVLoader(KeptIdLoader):
         super().__init__(manifest["num_samples"], ids, **kwargs)
         self.path, self.manifest, self.workers = path, manifest, max(int(workers), 1)
         self.image_size = None  # (H, W) of the stored images, known once FFCV reads the metadata
+        self.crop_shape = None  # (C, H', W') of a training crop
+        self._ring, self._scratch, self._slot = None, None, 0  # the crop decoder's buffers
+        self._epoch = None  # FFCV's iterator (a thread) of the epoch being served
         self._ffcv = None
 
-    def crop_boxes(self, ids) -> np.ndarray:
-        """``[B, 5]`` int64 (top, left, h, w, flip) of this epoch's view for ``ids``; called once per
-        batch from the compiled decoder, which is also where the reads are counted."""
+    def next_batch(self, ids):
+        """What the compiled decoder needs for a batch of ``ids`` (called once per batch, which is
+        also where the reads are counted): the crop boxes ``[B, 5]`` int64 (top, left, h, w, flip) of
+        this epoch's view, the output buffer ``[B, C, H', W']`` float32 to crop into (the next of
+        ``batches_ahead + 2`` slots, as many as FFCV keeps batches in flight; the main process copies
+        each batch out before asking for the next), and the JPEG scratch images ``[B, H * W * 3]``."""
         self.counter.note(ids)
         box, flips = self.augment.boxes(self._view, np.asarray(ids, dtype=np.int64), *self.image_size)
-        return np.ascontiguousarray(np.column_stack([box, flips]), dtype=np.int64)
+        if self._ring is None:
+            slots = self._loader().batches_ahead + 2
+            self._ring = np.empty((slots, self.batch_size, *self.crop_shape), dtype=np.float32)
+            scratch = 0 if self.manifest["encoding"] == "raw" else int(np.prod(self.image_size)) * 3
+            self._scratch = np.empty((self.batch_size, scratch), dtype=np.uint8)
+        out = self._ring[self._slot % len(self._ring)]
+        self._slot += 1
+        return np.ascontiguousarray(np.column_stack([box, flips]), dtype=np.int64), out, self._scratch
 
     def _loader(self):
         if self._ffcv is None:
@@ -265,11 +277,20 @@ class FFCVLoader(KeptIdLoader):
             except TypeError as err:  # FFCV's decoder refuses images of several sizes this way
                 raise DataError(f"{self.path}: {err}") from err
 
+    def _stop_epoch(self):
+        """End FFCV's epoch thread, if one runs: an epoch left early (a ``break``) keeps decoding a
+        few batches ahead, and into the crop decoder's buffers, which the next epoch reuses. It stops
+        once its queue is full (within 0.5 s, FFCV's put timeout)."""
+        epoch, self._epoch = self._epoch, None
+        if epoch is not None:
+            epoch.close()
+            epoch.join()
+
     def __iter__(self):
         if self.augment is None:
             yield from super().__iter__()
             return
-        self._view = self.view()  # crop_boxes draws this epoch's view
+        self._view = self.view()  # next_batch draws this epoch's view
         for images, labels, ids in self._decoded_batches(self.order()):
             # finished by the decoder; copied out of FFCV's buffer, which a later batch reuses
             yield self._to_device(torch.from_numpy(images).clone(), labels, ids)
@@ -279,12 +300,17 @@ class FFCVLoader(KeptIdLoader):
         loader.next_epoch = self.epoch  # FFCV asks our order for this epoch's ids
         threads = torch.get_num_threads()
         served = 0
-        for first, (images, labels, ids) in enumerate(loader):
-            if first == 0:  # FFCV's epoch thread has reset torch's thread count by now: undo it
-                torch.set_num_threads(threads)
-            ids = ids.reshape(-1).copy()
-            served += len(ids)
-            # FFCV's array decoder returns its whole buffer: keep the rows of this batch
-            yield images[:len(ids)], labels.reshape(-1)[:len(ids)].copy(), ids
+        self._stop_epoch()
+        self._epoch = epoch = iter(loader)
+        try:
+            for first, (images, labels, ids) in enumerate(epoch):
+                if first == 0:  # FFCV's epoch thread has reset torch's thread count by now: undo it
+                    torch.set_num_threads(threads)
+                ids = ids.reshape(-1).copy()
+                served += len(ids)
+                # FFCV's array decoder returns its whole buffer: keep the rows of this batch
+                yield images[:len(ids)], labels.reshape(-1)[:len(ids)].copy(), ids
+        finally:
+            self._stop_epoch()
         if served != len(order):
             raise DataError(f"{self.path}: FFCV served {served} samples of the {len(order)} asked for")
