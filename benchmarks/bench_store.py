@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import bench, report  # noqa: E402
 
-from kdprune.store import TeacherStore  # noqa: E402
+from kdprune.store import TeacherStore, pages  # noqa: E402
 
 
 def build_store(path: str, n: int, c: int, block: int = 65536) -> float:
@@ -46,25 +46,6 @@ def build_store(path: str, n: int, c: int, block: int = 65536) -> float:
             rows = torch.from_numpy(ids % 977).float()[:, None] * 0.01 + cols[None, :] * 0.001
             w.write(ids, rows)
     return time.perf_counter() - t0
-
-
-def huge_page_share(t: torch.Tensor):
-    """Share of the resident pages of the mapping that holds ``t`` which are mapped as 2 MiB pages
-    (``FilePmdMapped / Rss`` in /proc/self/smaps), or None where smaps says nothing. Random rows cost
-    a page walk each under 4 KiB pages, so this figure goes with the timings."""
-    addr, inside, fields = t.data_ptr(), False, {}
-    try:
-        with open("/proc/self/smaps") as f:
-            for line in f:
-                head = line.split()[0]
-                if "-" in head and not head.endswith(":"):
-                    lo, hi = (int(x, 16) for x in head.split("-"))
-                    inside = lo <= addr < hi
-                elif inside:
-                    fields[head.rstrip(":")] = int(line.split()[1])
-    except OSError:
-        return None
-    return fields["FilePmdMapped"] / fields["Rss"] if fields.get("Rss") and "FilePmdMapped" in fields else None
 
 
 def main(argv=None):
@@ -94,7 +75,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         store.prefault()  # what training does (StoredTeacher): every page mapped before the first step
         print(f"prefault (map every page): {time.perf_counter() - t0:.2f} s")
-        huge = huge_page_share(store._arrays()["values"][0])
+        huge = pages.huge_share(store._arrays()["values"][0].data_ptr())
         print(f"store mapping in 2 MiB pages: {'unknown' if huge is None else f'{huge:.0%}'}")
         rows = run(store, path, n, c, b, args)
     finally:

@@ -5,6 +5,7 @@ stores are tiny (N = 37, an odd count that leaves a short last chunk with chunk_
 file runs in seconds.
 """
 import json
+import mmap
 import os
 import pickle
 import subprocess
@@ -18,6 +19,7 @@ from kdprune.data import Augment
 from kdprune.errors import ConfigError, StoreError
 from kdprune.store import TeacherStore
 from kdprune.store import format as fmt
+from kdprune.store import pages
 
 N, C, CHUNK = 37, 11, 8
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -124,15 +126,32 @@ def test_pickled_store_reopens_its_maps(tmp_path):
 
 
 def test_prefault_maps_every_page_and_survives_pickling(tmp_path, monkeypatch):
-    from kdprune.store import reader
-
     store = fill(str(tmp_path / "s"), views=2).prefault()
     torch.testing.assert_close(store.gather([3, 0], view=1), expected([3, 0], 1, "float16"), rtol=0, atol=0)
     clone = pickle.loads(pickle.dumps(store))
     assert clone._prefault  # a DataLoader worker or DDP rank maps its pages too
     # the fallback for kernels without MADV_POPULATE_READ (or other systems) reads a byte per page
-    monkeypatch.setattr(reader.sys, "platform", "darwin")
+    monkeypatch.setattr(pages.sys, "platform", "darwin")
     torch.testing.assert_close(clone.gather([2, 9], view=1), expected([2, 9], 1, "float16"), rtol=0, atol=0)
+
+
+def test_refreshing_the_page_cache_into_huge_pages_keeps_the_data(tmp_path):
+    """``refresh_huge`` (run by prefault when under 90% of a map is in 2 MiB pages) drops and re-reads
+    the file's pages: the bytes read afterwards are the file's, and smaps reports the share."""
+    path = tmp_path / "blob"
+    data = np.random.default_rng(0).integers(0, 256, 6 << 20, dtype=np.uint8)
+    data.tofile(path)
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        pages.want_huge_pages(mm)
+        view = np.frombuffer(mm, dtype=np.uint8)
+        pages.populate(mm)
+        before = pages.huge_share(view.ctypes.data)
+        after = pages.refresh_huge(mm, f.fileno(), view.ctypes.data, below=1.01)  # whatever the share
+    np.testing.assert_array_equal(view, data)
+    if sys.platform.startswith("linux"):
+        assert 0 <= before <= 1 and 0 <= after <= 1
+    assert pages.huge_share(0) is None  # no map there
 
 
 # -- writer: resume, completeness, atomic publish --------------------------------------------------------
