@@ -1,6 +1,6 @@
 """The replayed crop as a numba kernel, for loaders whose decode runs in compiled threads (FFCV).
 
-``crop_resize_into`` computes, for one uint8 ``[H, W, C]`` image, exactly what
+``crop_resize_into`` computes, for one uint8 ``[H, W, C]`` image, what
 :func:`kdprune.data.augment.crop_resize` computes on ``to_float`` of it: the box (top, left, h, w),
 the optional horizontal flip, resized to the output's size by bilinear sampling with
 ``grid_sample``'s conventions (align_corners=False, border padding), scaled to [-1, 1], written as
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-
 
 
 @numba.njit(nogil=True, cache=True)

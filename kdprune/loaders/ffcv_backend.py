@@ -311,6 +311,7 @@ class FFCVLoader(KeptIdLoader):
                 # FFCV's array decoder returns its whole buffer: keep the rows of this batch
                 yield images[:len(ids)], labels.reshape(-1)[:len(ids)].copy(), ids
         finally:
-            self._stop_epoch()
+            if self._epoch is epoch:  # (a stale epoch closed late must not stop the current one)
+                self._stop_epoch()
         if served != len(order):
             raise DataError(f"{self.path}: FFCV served {served} samples of the {len(order)} asked for")

@@ -141,7 +141,10 @@ class TeacherStore:
         (and again in every process it is pickled or forked to), so that no gather waits on the disk
         or takes a page fault. What a training loop wants: on the ImageNet-sized store a gather of
         1024 random rows from a map that has not been touched yet pays a page fault per row.
-        Costs one read of the store per machine (page cache) plus its page tables per process."""
+        Costs one read of the store per machine (page cache) plus its page tables per process.
+        Where less than 90% of a map lands in 2 MiB pages (a store read back under memory pressure),
+        the file is read into the page cache again in 2 MiB folios (``pages.refresh_huge``): random
+        rows then cost no page walk."""
         self._prefault = True
         self._map()
         return self
