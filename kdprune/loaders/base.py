@@ -62,6 +62,7 @@ class KeptIdLoader:
         self.augment = augment if train else None
         self.views = views
         self.epoch = 0
+        self._order = None  # (epoch, its order), the last one computed
         self.counter = ReadCounter(self.num_samples)
 
     @property
@@ -79,8 +80,12 @@ class KeptIdLoader:
     def order(self, epoch: int | None = None) -> np.ndarray:
         """This rank's ids for ``epoch`` (default: the current one), in serving order."""
         epoch = self.epoch if epoch is None else epoch
-        return epoch_order(self.ids, seed=self.seed, epoch=epoch, shuffle=self.train, rank=self.rank,
-                           world=self.world, drop_last=self.drop_last, batch_size=self.batch_size)
+        if self._order is None or self._order[0] != epoch:  # asked for several times an epoch
+            order = epoch_order(self.ids, seed=self.seed, epoch=epoch, shuffle=self.train, rank=self.rank,
+                                world=self.world, drop_last=self.drop_last, batch_size=self.batch_size)
+            order.flags.writeable = False  # shared by every caller of this epoch
+            self._order = (epoch, order)
+        return self._order[1]
 
     def __len__(self) -> int:
         return -(-len(self.order()) // self.batch_size)
