@@ -80,10 +80,11 @@ class KeptIdLoader:
     def order(self, epoch: int | None = None) -> np.ndarray:
         """This rank's ids for ``epoch`` (default: the current one), in serving order."""
         epoch = self.epoch if epoch is None else epoch
-        if self._order is None or self._order[0] != epoch:  # asked for several times an epoch
+        # asked for several times an epoch (by the loader, len(), FFCV's traversal order): callers
+        # share the array and only read it
+        if self._order is None or self._order[0] != epoch:
             order = epoch_order(self.ids, seed=self.seed, epoch=epoch, shuffle=self.train, rank=self.rank,
                                 world=self.world, drop_last=self.drop_last, batch_size=self.batch_size)
-            order.flags.writeable = False  # shared by every caller of this epoch
             self._order = (epoch, order)
         return self._order[1]
 
