@@ -66,10 +66,10 @@ def refresh_huge(mm: mmap.mmap, fd: int, address: int, below: float = 0.9) -> fl
     file into the page cache afresh through this map, which asks for 2 MiB folios: unmap our pages,
     drop the file's cached pages that no process maps (POSIX_FADV_DONTNEED; pages other processes map
     stay), populate again. Costs one read of the file from disk; returns the share after. Done only
-    where the page cache holds 2 MiB folios already (``FileHugePages`` in /proc/meminfo): a kernel or
-    file system that makes none would have every process re-read the file for nothing."""
+    where part of the map is in 2 MiB pages already: a kernel or file system that makes none (share
+    0) would have every process re-read the file for nothing."""
     share = huge_share(address)
-    if share is None or share >= below or len(mm) < (2 << 20) or not _page_cache_has_huge_folios():
+    if share is None or not 0 < share < below or len(mm) < (2 << 20):
         return share
     try:
         mm.madvise(mmap.MADV_DONTNEED)  # a shared file map: only our page tables go, not the data
@@ -79,13 +79,3 @@ def refresh_huge(mm: mmap.mmap, fd: int, address: int, below: float = 0.9) -> fl
     populate(mm)
     return huge_share(address)
 
-
-def _page_cache_has_huge_folios() -> bool:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("FileHugePages:"):
-                    return int(line.split()[1]) > 0
-    except (OSError, ValueError):
-        pass
-    return False
