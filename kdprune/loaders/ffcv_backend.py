@@ -10,7 +10,7 @@ bytes are decoded.
 Training crops happen inside FFCV's compiled, multi-threaded decode: each image is decoded and
 cropped to its (view, id) box by ``crop_kernel.crop_resize_into``, grid_sample's bilinear sampling,
 so batches equal the teacher store's view to float32 rounding, and the main process only copies
-finished float32 batches out of FFCV's buffers.
+finished float32 batches out of the decoder's buffers.
 """
 from __future__ import annotations
 
@@ -292,7 +292,7 @@ class FFCVLoader(KeptIdLoader):
             return
         self._view = self.view()  # next_batch draws this epoch's view
         for images, labels, ids in self._decoded_batches(self.order()):
-            # finished by the decoder; copied out of FFCV's buffer, which a later batch reuses
+            # finished by the decoder; copied out of its ring of buffers, which a later batch reuses
             yield self._to_device(torch.from_numpy(images).clone(), labels, ids)
 
     def _decoded_batches(self, order):
