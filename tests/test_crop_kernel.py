@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from kdprune.data import Augment, to_float
 from kdprune.data.augment import crop_resize
-from kdprune.loaders.crop_kernel import crop_resize_into
+from kdprune.loaders.crop_kernel import crop_resize_into, to_float_into
 
 
 def kernel(images: np.ndarray, box: np.ndarray, flips: np.ndarray, out_hw) -> torch.Tensor:
@@ -64,3 +64,14 @@ def test_whole_image_unflipped_is_the_image():
     got = kernel(images, box, np.array([False, True]), (9, 13))
     torch.testing.assert_close(got[0], to_float(images)[0], atol=1e-6, rtol=0)
     torch.testing.assert_close(got[1], to_float(images)[1].flip(2), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (5, 7, 3), (1, 1, 4)])
+def test_to_float_into_equals_to_float_exactly(shape):
+    """The uncropped path of the FFCV decoder: every grey level, in every channel, as to_float gives it."""
+    rng = np.random.default_rng(sum(shape))
+    image = rng.permutation(np.arange(np.prod(shape)) % 256).astype(np.uint8).reshape(shape)  # every level that fits
+    levels = to_float(np.arange(256, dtype=np.uint8).reshape(1, 1, 256, 1)).numpy().reshape(256)
+    out = np.full((shape[2], shape[0], shape[1]), np.nan, dtype=np.float32)
+    to_float_into(image, levels, out)
+    torch.testing.assert_close(torch.from_numpy(out), to_float(image[None])[0], atol=0, rtol=0)

@@ -91,6 +91,8 @@ def test_epoch_serves_exactly_the_kept_ids_and_reads_nothing_else(backend, name,
         for b in batches:
             np.testing.assert_array_equal(b.y.numpy(), entry["source"].labels[b.ids.numpy()])
             assert b.x.shape[0] == len(b.ids) and b.x.dtype == torch.float32
+            if name == "arrays":  # each image is its id's (the folder's JPEGs are decoded by each library)
+                torch.testing.assert_close(b.x, to_float(entry["source"].images[b.ids.numpy()]), atol=0, rtol=0)
         orders.append(served)
     assert not np.array_equal(orders[0], orders[1])  # reshuffled by epoch
     counts = loader.counter.counts
@@ -193,6 +195,25 @@ def test_missing_stale_and_truncated_conversions_are_refused(backend, data, tmp_
         f.truncate(os.path.getsize(data_file) - 100)
     with pytest.raises(DataError, match="truncated"):
         build(backend, entry["source"], ids, path=path, batch_size=4, train=False)
+
+
+def test_beton_whose_ids_are_not_its_indices_is_refused(data):
+    """Batches name their samples by .beton index; a file whose id field says otherwise (not one
+    ``write_beton`` made) would mislabel every sample, so its metadata is refused, as is one without
+    a label field."""
+    from types import SimpleNamespace
+    loader = make("ffcv", data["arrays"], np.arange(10), train=False)
+    meta = np.zeros(5, dtype=np.dtype([("", "<u8"), ("", "<i8"), ("", "<i8")], align=True))
+    meta["f1"], meta["f2"] = [3, 1, 4, 1, 5], np.arange(5)
+    names = ["image", "label", "id"]
+    np.testing.assert_array_equal(loader._stored_labels(SimpleNamespace(metadata=meta, field_names=names)),
+                                  [3, 1, 4, 1, 5])
+    meta["f2"] = np.arange(5)[::-1]
+    with pytest.raises(DataError, match="id field is not the sample index"):
+        loader._stored_labels(SimpleNamespace(metadata=meta, field_names=names))
+    meta["f2"] = np.arange(5)
+    with pytest.raises(DataError, match="no 'label' field"):
+        loader._stored_labels(SimpleNamespace(metadata=meta, field_names=["image", "target", "id"]))
 
 
 def test_manifest_records_the_source_fingerprint(data):

@@ -74,3 +74,16 @@ def crop_resize_into(image, top, left, h, w, flip, out):
         for c in range(channels):
             for j in range(out_w):
                 out[c, i, j] = wy0 * lines[0, c, j] + wy1 * lines[1, c, j] - np.float32(1.0)
+
+
+@numba.njit(nogil=True, cache=True)
+def to_float_into(image, levels, out):
+    """``out[c, i, j]`` = ``levels[image[i, j, c]]``: uint8 [H, W, C] to float32 [C, H, W] through the
+    256 grey levels ``levels``, which the caller takes from ``to_float`` itself, so the two agree
+    exactly; a table, not arithmetic, because FFCV compiles its pipeline with fastmath, under which
+    an inlined ``p / 127.5`` may become a multiplication and move some values by one ulp."""
+    height, width, channels = image.shape
+    for c in range(channels):
+        for i in range(height):
+            for j in range(width):
+                out[c, i, j] = levels[image[i, j, c]]

@@ -3,26 +3,29 @@ through ``ffcv.loader.Loader(indices=kept ids)``.
 
 The traversal order is ours (``epoch_order``: one permutation per (seed, epoch), dealt round-robin
 across ranks), handed to FFCV as a custom ``TraversalOrder``, so FFCV serves the same ids in the same
-order as the other backends and each rank reads only its shard. The decoders are FFCV's own, extended
-by one call that counts the ids they are asked to decode, so the read counts are measured where the
-bytes are decoded.
+order as the other backends and each rank reads only its shard.
 
-Training crops happen inside FFCV's compiled, multi-threaded decode: each image is decoded and
+Only the image field is decoded, by FFCV's own readers and JPEG decoder inside its compiled,
+multi-threaded pipeline, into a ring of buffers the loader owns (``_ring_decoder``). Once per batch
+the decoder calls back into the loader (``FFCVLoader.next_batch``), which counts the ids it is asked
+to decode (so the read counts are measured where the bytes are decoded) and records their ids and
+labels (read once from the .beton's metadata). Training crops happen in the same pass: each image is
 cropped to its (view, id) box by ``crop_kernel.crop_resize_into``, grid_sample's bilinear sampling,
-so batches equal the teacher store's view to float32 rounding, and the main process only copies
-finished float32 batches out of the decoder's buffers.
+so batches equal the teacher store's view to float32 rounding; the main process only copies finished
+batches out of the ring.
 """
 from __future__ import annotations
 
 import os
 import warnings
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from kdprune.errors import DataError
-from kdprune.loaders.base import NATIVE_THREADS, KeptIdLoader, ReadCounter
+from kdprune.loaders.base import NATIVE_THREADS, KeptIdLoader
 from kdprune.loaders.converted import check_index_fingerprint, read_manifest, source_info, write_manifest
 
 
@@ -102,38 +105,20 @@ class _CodeOnce:
         return self._code
 
 
-def _counting(decoder_cls, counter: ReadCounter):
-    """An FFCV decoder class whose compiled code first records the batch of ids it decodes (in
-    numba's object mode, once per batch) and then runs the stock decoder."""
-    from numba import objmode
+def _ring_decoder(loader: "FFCVLoader", raw: bool):
+    """An FFCV image decoder that writes each batch into the loader's own ring of buffers
+    (``FFCVLoader.next_batch``), inside FFCV's compiled, multi-threaded decode.
 
-    class Counting(_CodeOnce, decoder_cls):
-        def build_code(self):
-            inner = decoder_cls.generate_code(self)  # the stock decoder's code
-            from ffcv.pipeline.compiler import Compiler
-            inner_c = Compiler.compile(inner)
-            note = counter.note
+    Each image is decoded and, when training with ``augment``, cropped to the box and flip
+    ``Augment.boxes`` gives for (view, id) by ``crop_kernel.crop_resize_into`` (grid_sample's
+    bilinear sampling, so batches equal the teacher store's view to float32 rounding), otherwise
+    scaled as it is by ``crop_kernel.to_float_into`` (``to_float``, exactly): the main process
+    receives finished float32 ``[B, C, H', W']`` batches and only copies them out.
 
-            def decode(batch_indices, destination, metadata, storage_state):
-                with objmode():
-                    note(batch_indices)
-                return inner_c(batch_indices, destination, metadata, storage_state)
-
-            return decode
-
-    Counting.__name__ = f"Counting{decoder_cls.__name__}"
-    return Counting
-
-
-def _replay_crop_decoder(loader: "FFCVLoader", raw: bool):
-    """An FFCV decoder that decodes each image and crops it to the box and flip ``Augment.boxes``
-    gives for (view, id), inside FFCV's compiled, multi-threaded decode, so the main process receives
-    finished float32 ``[B, C, H', W']`` batches. The crop is ``crop_kernel.crop_resize_into``:
-    grid_sample's bilinear sampling, the store's view to float32 rounding.
-
-    The output and the JPEG scratch images are the loader's own buffers (``FFCVLoader.next_batch``),
-    kept across epochs: FFCV would allocate fresh ones at every epoch (1 GB for batches of 256 crops
-    of 224 px), and faulting that in was 0.3 s of fixed cost per epoch."""
+    Why the loader's buffers and not FFCV's: FFCV allocates fresh ones at every epoch (1 GB for
+    batches of 256 crops of 224 px, 0.3 s of page faults; and still ~0.5 ms for Fashion-MNIST, whose
+    epoch of 10 % of the samples lasts ~9 ms). The ring also records each batch's ids and labels, so
+    the label and id fields need no pipelines (and no buffers) of their own."""
     from dataclasses import replace
 
     from ffcv.fields.ndarray import NDArrayDecoder
@@ -142,20 +127,19 @@ def _replay_crop_decoder(loader: "FFCVLoader", raw: bool):
     from ffcv.pipeline.compiler import Compiler
     from numba import objmode
 
-    from kdprune.loaders.crop_kernel import crop_resize_into
+    from kdprune.data import to_float
+    from kdprune.loaders.crop_kernel import crop_resize_into, to_float_into
 
-    class ReplayCrop(_CodeOnce, NDArrayDecoder if raw else SimpleRGBImageDecoder):
+    class RingDecoder(_CodeOnce, NDArrayDecoder if raw else SimpleRGBImageDecoder):
         def declare_state_and_memory(self, previous_state):
             if raw:
                 height, width, channels = self.field.shape
             else:
                 super().declare_state_and_memory(previous_state)  # refuses images of several sizes
                 height, width, channels = int(self.metadata["height"][0]), int(self.metadata["width"][0]), 3
-            loader.image_size = (height, width)
-            out_h, out_w = loader.augment.out_size or (height, width)
-            loader.crop_shape = (channels, out_h, out_w)
+            shape = loader.sample_layout(height, width, channels)
             # no allocation asked of FFCV: the buffers are the loader's (see next_batch)
-            return replace(previous_state, jit_mode=True, shape=loader.crop_shape, dtype=np.dtype("<f4")), None
+            return replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype("<f4")), None
 
         def build_code(self):
             mem_read, my_range = self.memory_read, Compiler.get_iterator()
@@ -164,8 +148,8 @@ def _replay_crop_decoder(loader: "FFCVLoader", raw: bool):
             next_batch = loader.next_batch
             shape = tuple(self.field.shape) if raw else None
 
-            # the reader is picked here rather than branched on inside the compiled loop: numba
-            # types every branch
+            # the reader and the placement are picked here rather than branched on inside the
+            # compiled loop: numba types every branch
             def read_raw(sample, scratch, metadata, storage_state):
                 return mem_read(metadata[sample], storage_state).reshape(shape)
 
@@ -178,21 +162,28 @@ def _replay_crop_decoder(loader: "FFCVLoader", raw: bool):
                     return scratch.reshape(height, width, 3)
                 return data.reshape(height, width, 3)
 
+            def crop(image, box, out):
+                crop_resize_into(image, box[0], box[1], box[2], box[3], box[4] != 0, out)
+
+            levels = to_float(np.arange(256, dtype=np.uint8).reshape(1, 1, 256, 1)).numpy().reshape(256)
+
+            def scale(image, box, out):
+                to_float_into(image, levels, out)
+
             read = Compiler.compile(read_raw if raw else read_jpeg)
+            place = Compiler.compile(scale if loader.augment is None else crop)
 
             def decode(batch_indices, storage, metadata, storage_state):
                 with objmode(boxes="int64[:, ::1]", out="float32[:, :, :, ::1]", scratch="uint8[:, ::1]"):
                     boxes, out, scratch = next_batch(batch_indices)  # counts the reads too
                 for i in my_range(len(batch_indices)):
-                    image = read(batch_indices[i], scratch[i], metadata, storage_state)
-                    box = boxes[i]
-                    crop_resize_into(image, box[0], box[1], box[2], box[3], box[4] != 0, out[i])
+                    place(read(batch_indices[i], scratch[i], metadata, storage_state), boxes[i], out[i])
                 return out[:len(batch_indices)]
 
             decode.is_parallel = True
             return decode
 
-    return ReplayCrop
+    return RingDecoder
 
 
 def _kept_order(loader: "FFCVLoader"):
@@ -215,6 +206,16 @@ def _kept_order(loader: "FFCVLoader"):
     return KeptOrder()
 
 
+class _Ring(NamedTuple):
+    """The decoder's buffers, kept across epochs: ``slots`` batches in flight at most."""
+
+    images: np.ndarray  # [slots, B, *sample_shape] decoded samples
+    ids: np.ndarray  # [slots, B] int64 the sample ids of each slot's batch
+    labels: np.ndarray  # [slots, B] int64 their labels
+    scratch: np.ndarray  # [B, H * W * 3] uint8 JPEG decode scratch ([B, 0] for raw arrays)
+    no_boxes: np.ndarray  # [B, 5] int64 zeros: the boxes argument when not augmenting
+
+
 class FFCVLoader(KeptIdLoader):
     """Batches of the kept ids of a ``.beton`` (see :func:`write_beton`), ``workers`` decode threads."""
 
@@ -224,92 +225,121 @@ class FFCVLoader(KeptIdLoader):
         super().__init__(manifest["num_samples"], ids, **kwargs)
         self.path, self.manifest, self.workers = path, manifest, max(int(workers), 1)
         self.image_size = None  # (H, W) of the stored images, known once FFCV reads the metadata
-        self.crop_shape = None  # (C, H', W') of a training crop
-        self._ring, self._scratch, self._slot = None, None, 0  # the crop decoder's buffers
+        self.sample_shape = None  # (C, H', W') of one decoded sample (sample_layout)
+        self._ring = None  # the decoder's buffers (next_batch)
+        self._slot = 0  # batches handed to the decoder so far
+        self._labels = None  # every sample's label, read once from the .beton
         self._epoch = None  # FFCV's iterator (a thread) of the epoch being served
         self._ffcv = None
 
+    def sample_layout(self, height: int, width: int, channels: int) -> tuple:
+        """The shape ``(C, H', W')`` of one decoded float32 sample, given the stored images' size:
+        the crop's size when augmenting, else the image's."""
+        self.image_size = (height, width)
+        out_h, out_w = (self.augment.out_size if self.augment is not None else None) or (height, width)
+        self.sample_shape = (channels, out_h, out_w)
+        return self.sample_shape
+
     def next_batch(self, ids):
-        """What the compiled decoder needs for a batch of ``ids`` (called once per batch, which is
-        also where the reads are counted): the crop boxes ``[B, 5]`` int64 (top, left, h, w, flip) of
-        this epoch's view, the output buffer ``[B, C, H', W']`` float32 to crop into (the next of
-        ``batches_ahead + 2`` slots, as many as FFCV keeps batches in flight; the main process copies
-        each batch out before asking for the next), and the JPEG scratch images ``[B, H * W * 3]``."""
+        """What the compiled decoder needs for a batch of ``ids``, called once per batch from FFCV's
+        thread (which is also where the reads are counted): the crop boxes ``[B, 5]`` int64 (top,
+        left, h, w, flip) of this epoch's view (zeros when not augmenting), the output buffer
+        ``[B, *sample_shape]`` (the next of ``batches_ahead + 2`` ring slots, as many as FFCV keeps
+        batches in flight; the main process copies each batch out before asking for the next), and
+        the JPEG scratch images. The slot records the batch's ids and labels as well."""
+        ids = np.asarray(ids, dtype=np.int64)
         self.counter.note(ids)
-        box, flips = self.augment.boxes(self._view, np.asarray(ids, dtype=np.int64), *self.image_size)
-        if self._ring is None:
-            slots = self._loader().batches_ahead + 2
-            self._ring = np.empty((slots, self.batch_size, *self.crop_shape), dtype=np.float32)
-            scratch = 0 if self.manifest["encoding"] == "raw" else int(np.prod(self.image_size)) * 3
-            self._scratch = np.empty((self.batch_size, scratch), dtype=np.uint8)
-        out = self._ring[self._slot % len(self._ring)]
+        ring = self._ring if self._ring is not None else self._make_ring()
+        slot = self._slot % len(ring.images)
         self._slot += 1
-        return np.ascontiguousarray(np.column_stack([box, flips]), dtype=np.int64), out, self._scratch
+        ring.ids[slot, :len(ids)] = ids
+        ring.labels[slot, :len(ids)] = self._labels[ids]
+        if self.augment is None:
+            return ring.no_boxes, ring.images[slot], ring.scratch
+        box, flips = self.augment.boxes(self._view, ids, *self.image_size)
+        return np.ascontiguousarray(np.column_stack([box, flips]), dtype=np.int64), ring.images[slot], ring.scratch
+
+    def _make_ring(self) -> _Ring:
+        slots, b = self._loader().batches_ahead + 2, self.batch_size
+        scratch = 0 if self.manifest["encoding"] == "raw" else int(np.prod(self.image_size)) * 3
+        self._ring = _Ring(np.empty((slots, b, *self.sample_shape), dtype=np.float32),
+                           np.empty((slots, b), dtype=np.int64), np.empty((slots, b), dtype=np.int64),
+                           np.empty((b, scratch), dtype=np.uint8), np.zeros((b, 5), dtype=np.int64))
+        return self._ring
 
     def _loader(self):
         if self._ffcv is None:
             self._ffcv = self._make_loader()
+            self._labels = self._stored_labels(self._ffcv.reader)
         return self._ffcv
 
     def _make_loader(self):
         with _torch_threads_kept():
-            from ffcv.fields.basics import IntDecoder
-            from ffcv.fields.ndarray import NDArrayDecoder
-            from ffcv.fields.rgb_image import SimpleRGBImageDecoder
             from ffcv.loader import Loader
             from numba.core.errors import NumbaWarning
 
             NATIVE_THREADS["started"] = True
-            raw = self.manifest["encoding"] == "raw"
-            if self.augment is not None:
-                decoder = _replay_crop_decoder(self, raw)
-            else:
-                decoder = _counting(NDArrayDecoder if raw else SimpleRGBImageDecoder, self.counter)
+            decoder = _ring_decoder(self, raw=self.manifest["encoding"] == "raw")
             # numba warns, when it compiles the pipeline at the first batch, that the object-mode
-            # block (the read count, once per batch) runs without parallelism: true, and harmless
+            # block (next_batch, once per batch) runs without parallelism: true, and harmless
             warnings.filterwarnings("ignore", message="Code running in object mode won't allow parallel",
                                     category=NumbaWarning)
             try:
+                # label and id come with each batch from next_batch: those fields are not decoded
                 return Loader(self.path, batch_size=self.batch_size, num_workers=self.workers,
                               order=_kept_order(self), indices=self.ids, distributed=self.world > 1,
                               seed=self.seed, drop_last=False, os_cache=True,
-                              pipelines={"image": [decoder()], "label": [IntDecoder()], "id": [IntDecoder()]})
+                              pipelines={"image": [decoder()], "label": None, "id": None})
             except TypeError as err:  # FFCV's decoder refuses images of several sizes this way
                 raise DataError(f"{self.path}: {err}") from err
 
+    def _stored_labels(self, reader) -> np.ndarray:
+        """Every sample's label, from the .beton's metadata; and a check that its id field is the
+        sample's index, as :func:`write_beton` writes it (batches name their samples by index)."""
+        meta = reader.metadata
+
+        def column(name):
+            if name not in reader.field_names:
+                raise DataError(f"{self.path} has no {name!r} field (it has {reader.field_names}); "
+                                "convert the dataset again with `kdprune convert --format ffcv`")
+            return meta[meta.dtype.names[reader.field_names.index(name)]]
+
+        if not np.array_equal(column("id"), np.arange(len(meta))):
+            raise DataError(f"{self.path}: its id field is not the sample index; "
+                            "convert the dataset again with `kdprune convert --format ffcv`")
+        return np.ascontiguousarray(column("label"), dtype=np.int64)
+
     def _stop_epoch(self):
         """End FFCV's epoch thread, if one runs: an epoch left early (a ``break``) keeps decoding a
-        few batches ahead, and into the crop decoder's buffers, which the next epoch reuses. It stops
-        once its queue is full (within 0.5 s, FFCV's put timeout)."""
+        few batches ahead, and into the ring, which the next epoch reuses. It stops once its queue is
+        full (within 0.5 s, FFCV's put timeout)."""
         epoch, self._epoch = self._epoch, None
         if epoch is not None:
             epoch.close()
             epoch.join()
 
     def __iter__(self):
-        if self.augment is None:
-            yield from super().__iter__()
-            return
         self._view = self.view()  # next_batch draws this epoch's view
         for images, labels, ids in self._decoded_batches(self.order()):
-            # finished by the decoder; copied out of its ring of buffers, which a later batch reuses
+            # the batch lies in a ring slot that a later batch reuses: copied out here
             yield self._to_device(torch.from_numpy(images).clone(), labels, ids)
 
     def _decoded_batches(self, order):
         loader = self._loader()
         loader.next_epoch = self.epoch  # FFCV asks our order for this epoch's ids
         threads = torch.get_num_threads()
-        served = 0
         self._stop_epoch()
+        first, served = self._slot, 0  # this epoch's k-th batch is in ring slot first + k
         self._epoch = epoch = iter(loader)
         try:
-            for first, (images, labels, ids) in enumerate(epoch):
-                if first == 0:  # FFCV's epoch thread has reset torch's thread count by now: undo it
+            for k, (images,) in enumerate(epoch):
+                if k == 0:  # FFCV's epoch thread has reset torch's thread count by now: undo it
                     torch.set_num_threads(threads)
-                ids = ids.reshape(-1).copy()
-                served += len(ids)
-                # FFCV's array decoder returns its whole buffer: keep the rows of this batch
-                yield images[:len(ids)], labels.reshape(-1)[:len(ids)].copy(), ids
+                slot, n = (first + k) % len(self._ring.images), len(images)
+                if images.ctypes.data != self._ring.images[slot].ctypes.data:
+                    raise DataError(f"{self.path}: FFCV served batch {k} out of order")
+                served += n
+                yield images, self._ring.labels[slot, :n].copy(), self._ring.ids[slot, :n].copy()
         finally:
             if self._epoch is epoch:  # (a stale epoch closed late must not stop the current one)
                 self._stop_epoch()
