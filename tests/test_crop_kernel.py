@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from kdprune.data import Augment, to_float
 from kdprune.data.augment import crop_resize
-from kdprune.loaders.crop_kernel import crop_resize_into, to_float_into
+from kdprune.loaders.crop_kernel import box_table, crop_batch_into, crop_resize_into, to_float_into
 
 
 def kernel(images: np.ndarray, box: np.ndarray, flips: np.ndarray, out_hw) -> torch.Tensor:
@@ -75,3 +75,21 @@ def test_to_float_into_equals_to_float_exactly(shape):
     out = np.full((shape[2], shape[0], shape[1]), np.nan, dtype=np.float32)
     to_float_into(image, levels, out)
     torch.testing.assert_close(torch.from_numpy(out), to_float(image[None])[0], atol=0, rtol=0)
+
+
+def test_batch_crop_is_the_per_sample_crop_of_augments_boxes():
+    """What the DALI backend runs on a decoded batch: each sample cropped to its (view, id) box, as
+    the per-sample kernel (FFCV's decode) does, whatever thread it lands on."""
+    rng = np.random.default_rng(11)
+    images = rng.integers(0, 256, size=(9, 40, 52, 3), dtype=np.uint8)
+    ids = rng.choice(1000, 9, replace=False)
+    augment = Augment(seed=4, out_size=(17, 23))
+    boxes = box_table(augment, 2, ids, 40, 52)
+    box, flips = augment.boxes(2, ids, 40, 52)
+    np.testing.assert_array_equal(boxes, np.column_stack([box, flips]))
+    out = np.full((9, 3, 17, 23), np.nan, dtype=np.float32)
+    crop_batch_into(images, boxes, out)
+    for i in range(9):
+        one = np.empty((3, 17, 23), dtype=np.float32)
+        crop_resize_into(images[i], *box[i], bool(flips[i]), one)
+        np.testing.assert_array_equal(out[i], one)

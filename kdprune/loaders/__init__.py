@@ -53,10 +53,12 @@ def build(backend: str, source, ids, *, batch_size: int, train: bool, seed: int 
 def require_backend(backend: str) -> None:
     """Import the optional library a backend needs, or say how to install it."""
     import torch
-    module, extra = {"ffcv": ("ffcv", "ffcv"), "dali": ("nvidia.dali", "dali")}[backend]
+    # DALI's replayed crop runs in numba (loaders/crop_kernel.py), which FFCV depends on anyway
+    modules, extra = {"ffcv": (("ffcv",), "ffcv"), "dali": (("nvidia.dali", "numba"), "dali")}[backend]
     threads = torch.get_num_threads()
     try:
-        __import__(module)
+        for module in modules:
+            __import__(module)
     except ImportError as err:
         raise ConfigError(f"the {backend} backend needs {module}, which does not import ({err}); install it "
                           f"with `pip install 'kdprune[{extra}]'` (or `make install`)") from err

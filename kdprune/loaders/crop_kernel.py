@@ -87,3 +87,20 @@ def to_float_into(image, levels, out):
         for i in range(height):
             for j in range(width):
                 out[c, i, j] = levels[image[i, j, c]]
+
+
+@numba.njit(nogil=True, parallel=True, cache=True)
+def crop_batch_into(images, boxes, out):
+    """``crop_resize_into`` for each sample of a uint8 ``[B, H, W, C]`` batch, the samples spread over
+    numba's threads: ``boxes`` int64 ``[B, 5]`` (see :func:`box_table`), ``out`` float32
+    ``[B, C, H', W']``."""
+    for i in numba.prange(images.shape[0]):
+        box = boxes[i]
+        crop_resize_into(images[i], box[0], box[1], box[2], box[3], box[4] != 0, out[i])
+
+
+def box_table(augment, view: int, ids: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``Augment.boxes`` of (view, ids) on ``height`` x ``width`` images as the kernels take them:
+    int64 ``[B, 5]`` rows of (top, left, h, w, flip)."""
+    box, flips = augment.boxes(view, np.asarray(ids, dtype=np.int64), height, width)
+    return np.ascontiguousarray(np.column_stack([box, flips]), dtype=np.int64)

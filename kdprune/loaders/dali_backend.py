@@ -4,7 +4,10 @@ kept ids of each batch, in our (seed, epoch) order and this rank's shard of it.
 A converted DALI dataset is a directory (see :func:`write_dali`): raw arrays as one ``images.npy``
 (memory-mapped, so a batch reads only its rows), or for a JPEG folder a DALI file list ``files.txt``
 of ``path sample_id`` lines, whose files DALI's decoder (``fn.decoders.image``, ``workers`` threads)
-turns into RGB images. The source callback reads the bytes and counts each id it reads.
+turns into RGB images. The source callback reads the bytes and counts each id it reads. The replayed
+training crop is cut from DALI's uint8 batches by the numba kernel the FFCV backend uses
+(``crop_kernel.crop_batch_into``), not by DALI's own crop and resize, whose sampling differs from the
+teacher store's (grid_sample's).
 
 Why ``external_source`` rather than ``fn.readers.file(files=..., labels=ids, shard_id=, num_shards=)``:
 the reader shuffles with its own buffered RNG and splits shards into contiguous ranges of possibly
@@ -16,6 +19,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 
 from kdprune.errors import DataError
 from kdprune.loaders.base import NATIVE_THREADS, KeptIdLoader
@@ -141,6 +145,19 @@ class DALILoader(KeptIdLoader):
                     pipe.reset()
                 else:  # left mid-epoch: DALI's prefetched batches belong to this epoch, start afresh
                     self._pipe = None
+
+    def _finish(self, images, labels, ids, view):
+        """The replayed crop straight from DALI's uint8 batch, by ``crop_kernel.crop_batch_into``
+        (grid_sample's sampling, samples spread over numba's threads): no float copy of the whole
+        images is made first, which for 256 images of 256 px is 200 MB per batch."""
+        if self.augment is None:
+            return super()._finish(images, labels, ids, view)
+        from kdprune.loaders.crop_kernel import box_table, crop_batch_into
+        n, height, width, channels = images.shape
+        out_h, out_w = self.augment.out_size or (height, width)
+        out = torch.empty((n, channels, out_h, out_w), dtype=torch.float32)
+        crop_batch_into(images, box_table(self.augment, view, ids, height, width), out.numpy())
+        return self._to_device(out, labels, ids)
 
     def _as_arrays(self, images, labels, ids):
         try:

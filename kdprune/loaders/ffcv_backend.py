@@ -26,6 +26,7 @@ import torch
 
 from kdprune.errors import DataError
 from kdprune.loaders.base import NATIVE_THREADS, KeptIdLoader
+from kdprune.loaders.crop_kernel import box_table
 from kdprune.loaders.converted import check_index_fingerprint, read_manifest, source_info, write_manifest
 
 
@@ -256,8 +257,7 @@ class FFCVLoader(KeptIdLoader):
         ring.labels[slot, :len(ids)] = self._labels[ids]
         if self.augment is None:
             return ring.no_boxes, ring.images[slot], ring.scratch
-        box, flips = self.augment.boxes(self._view, ids, *self.image_size)
-        return np.ascontiguousarray(np.column_stack([box, flips]), dtype=np.int64), ring.images[slot], ring.scratch
+        return box_table(self.augment, self._view, ids, *self.image_size), ring.images[slot], ring.scratch
 
     def _make_ring(self) -> _Ring:
         slots, b = self._loader().batches_ahead + 2, self.batch_size
