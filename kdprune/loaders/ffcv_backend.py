@@ -6,13 +6,13 @@ across ranks), handed to FFCV as a custom ``TraversalOrder``, so FFCV serves the
 order as the other backends and each rank reads only its shard.
 
 Only the image field is decoded, by FFCV's own readers and JPEG decoder inside its compiled,
-multi-threaded pipeline, into a ring of buffers the loader owns (``_ring_decoder``). Once per batch
-the decoder calls back into the loader (``FFCVLoader.next_batch``), which counts the ids it is asked
-to decode (so the read counts are measured where the bytes are decoded) and records their ids and
-labels (read once from the .beton's metadata). Training crops happen in the same pass: each image is
-cropped to its (view, id) box by ``crop_kernel.crop_resize_into``, grid_sample's bilinear sampling,
-so batches equal the teacher store's view to float32 rounding; the main process only copies finished
-batches out of the ring.
+multi-threaded pipeline (``_ring_decoder``), into a tensor of each batch's own that the main process
+hands on as it is. Once per batch the decoder calls back into the loader (``FFCVLoader.next_batch``),
+which counts the ids it is asked to decode (so the read counts are measured where the bytes are
+decoded), records their ids and labels (read once from the .beton's metadata) in a ring of slots, and
+gives the buffers. Training crops happen in the same pass: each image is cropped to its (view, id)
+box by ``crop_kernel.crop_resize_into``, grid_sample's bilinear sampling, so batches equal the
+teacher store's view to float32 rounding.
 """
 from __future__ import annotations
 
@@ -107,19 +107,23 @@ class _CodeOnce:
 
 
 def _ring_decoder(loader: "FFCVLoader", raw: bool):
-    """An FFCV image decoder that writes each batch into the loader's own ring of buffers
-    (``FFCVLoader.next_batch``), inside FFCV's compiled, multi-threaded decode.
+    """An FFCV image decoder that writes each batch into the buffers ``FFCVLoader.next_batch``
+    gives, inside FFCV's compiled, multi-threaded decode.
 
     Each image is decoded and, when training with ``augment``, cropped to the box and flip
     ``Augment.boxes`` gives for (view, id) by ``crop_kernel.crop_resize_into`` (grid_sample's
     bilinear sampling, so batches equal the teacher store's view to float32 rounding), otherwise
     scaled as it is by ``crop_kernel.to_float_into`` (``to_float``, exactly): the main process
-    receives finished float32 ``[B, C, H', W']`` batches and only copies them out.
+    receives finished float32 ``[B, C, H', W']`` batches.
 
-    Why the loader's buffers and not FFCV's: FFCV allocates fresh ones at every epoch (1 GB for
-    batches of 256 crops of 224 px, 0.3 s of page faults; and still ~0.5 ms for Fashion-MNIST, whose
-    epoch of 10 % of the samples lasts ~9 ms). The ring also records each batch's ids and labels, so
-    the label and id fields need no pipelines (and no buffers) of their own."""
+    Why the loader's buffers and not FFCV's: FFCV allocates a set of buffers for every epoch (1 GB
+    for batches of 256 crops of 224 px, 0.3 s of page faults; still ~0.5 ms for Fashion-MNIST, whose
+    epoch of 10 % of the samples lasts ~9 ms) and reuses them within it, so each batch would have to
+    be copied out (154 MB per batch of 256 crops; the last batch's copy, 0.14 s, was exposed at the
+    end of every epoch). Each batch here is decoded into a tensor of its own, allocated by
+    ``next_batch`` (so its pages are first touched by the decode threads), and handed on as it is.
+    The loader's ring records each batch's ids and labels, so the label and id fields need no
+    pipelines (and no buffers) of their own."""
     from dataclasses import replace
 
     from ffcv.fields.ndarray import NDArrayDecoder
@@ -208,9 +212,9 @@ def _kept_order(loader: "FFCVLoader"):
 
 
 class _Ring(NamedTuple):
-    """The decoder's buffers, kept across epochs: ``slots`` batches in flight at most."""
+    """What the decoder hands over, by slot (``batches_ahead + 2`` batches are in flight at most)."""
 
-    images: np.ndarray  # [slots, B, *sample_shape] decoded samples
+    batches: list  # [slots] the float32 tensor [n, *sample_shape] each batch is decoded into
     ids: np.ndarray  # [slots, B] int64 the sample ids of each slot's batch
     labels: np.ndarray  # [slots, B] int64 their labels
     scratch: np.ndarray  # [B, H * W * 3] uint8 JPEG decode scratch ([B, 0] for raw arrays)
@@ -244,25 +248,25 @@ class FFCVLoader(KeptIdLoader):
     def next_batch(self, ids):
         """What the compiled decoder needs for a batch of ``ids``, called once per batch from FFCV's
         thread (which is also where the reads are counted): the crop boxes ``[B, 5]`` int64 (top,
-        left, h, w, flip) of this epoch's view (zeros when not augmenting), the output buffer
-        ``[B, *sample_shape]`` (the next of ``batches_ahead + 2`` ring slots, as many as FFCV keeps
-        batches in flight; the main process copies each batch out before asking for the next), and
-        the JPEG scratch images. The slot records the batch's ids and labels as well."""
+        left, h, w, flip) of this epoch's view (zeros when not augmenting), a new float32 tensor
+        ``[B, *sample_shape]`` to decode into (the batch the caller will receive), and the JPEG
+        scratch images. The batch, its ids and labels are kept in the next of ``batches_ahead + 2``
+        ring slots (as many as FFCV keeps batches in flight) until the main process takes them."""
         ids = np.asarray(ids, dtype=np.int64)
         self.counter.note(ids)
         ring = self._ring if self._ring is not None else self._make_ring()
-        slot = self._slot % len(ring.images)
+        slot = self._slot % len(ring.batches)
         self._slot += 1
         ring.ids[slot, :len(ids)] = ids
         ring.labels[slot, :len(ids)] = self._labels[ids]
-        if self.augment is None:
-            return ring.no_boxes, ring.images[slot], ring.scratch
-        return box_table(self.augment, self._view, ids, *self.image_size), ring.images[slot], ring.scratch
+        ring.batches[slot] = batch = torch.empty((len(ids), *self.sample_shape), dtype=torch.float32)
+        boxes = ring.no_boxes if self.augment is None else box_table(self.augment, self._view, ids, *self.image_size)
+        return boxes, batch.numpy(), ring.scratch
 
     def _make_ring(self) -> _Ring:
         slots, b = self._loader().batches_ahead + 2, self.batch_size
         scratch = 0 if self.manifest["encoding"] == "raw" else int(np.prod(self.image_size)) * 3
-        self._ring = _Ring(np.empty((slots, b, *self.sample_shape), dtype=np.float32),
+        self._ring = _Ring([None] * slots,
                            np.empty((slots, b), dtype=np.int64), np.empty((slots, b), dtype=np.int64),
                            np.empty((b, scratch), dtype=np.uint8), np.zeros((b, 5), dtype=np.int64))
         return self._ring
@@ -311,7 +315,7 @@ class FFCVLoader(KeptIdLoader):
 
     def _stop_epoch(self):
         """End FFCV's epoch thread, if one runs: an epoch left early (a ``break``) keeps decoding a
-        few batches ahead, and into the ring, which the next epoch reuses. It stops once its queue is
+        few batches ahead, into ring slots that the next epoch reuses. It stops once its queue is
         full (within 0.5 s, FFCV's put timeout)."""
         epoch, self._epoch = self._epoch, None
         if epoch is not None:
@@ -320,9 +324,8 @@ class FFCVLoader(KeptIdLoader):
 
     def __iter__(self):
         self._view = self.view()  # next_batch draws this epoch's view
-        for images, labels, ids in self._decoded_batches(self.order()):
-            # the batch lies in a ring slot that a later batch reuses: copied out here
-            yield self._to_device(torch.from_numpy(images).clone(), labels, ids)
+        for x, labels, ids in self._decoded_batches(self.order()):
+            yield self._to_device(x, labels, ids)
 
     def _decoded_batches(self, order):
         loader = self._loader()
@@ -335,11 +338,12 @@ class FFCVLoader(KeptIdLoader):
             for k, (images,) in enumerate(epoch):
                 if k == 0:  # FFCV's epoch thread has reset torch's thread count by now: undo it
                     torch.set_num_threads(threads)
-                slot, n = (first + k) % len(self._ring.images), len(images)
-                if images.ctypes.data != self._ring.images[slot].ctypes.data:
+                slot, n = (first + k) % len(self._ring.batches), len(images)
+                batch, self._ring.batches[slot] = self._ring.batches[slot], None  # the caller's now
+                if batch is None or images.ctypes.data != batch.data_ptr():
                     raise DataError(f"{self.path}: FFCV served batch {k} out of order")
                 served += n
-                yield images, self._ring.labels[slot, :n].copy(), self._ring.ids[slot, :n].copy()
+                yield batch, self._ring.labels[slot, :n].copy(), self._ring.ids[slot, :n].copy()
         finally:
             if self._epoch is epoch:  # (a stale epoch closed late must not stop the current one)
                 self._stop_epoch()
