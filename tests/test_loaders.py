@@ -148,6 +148,33 @@ def test_training_crop_replays_the_store_view(backend, name, data):
     assert (x - view(0)).abs().max() > 0.1  # a wrong view would be caught
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_short_epoch_left_early_does_not_stall_the_next(backend, data):
+    """An epoch of a few batches, left after its first: FFCV has decoded the rest, filled its queue
+    (``batches_ahead`` = 3) and waits to put its end-of-epoch marker, a put with no timeout; the next
+    epoch must still start and serve everything. Run in a thread, so that a hang fails the test
+    instead of stopping the suite."""
+    import threading
+
+    # 4 batches: after the first is taken, 3 fill FFCV's queue and the marker waits
+    loader = make(backend, data["arrays"], np.random.default_rng(6).choice(600, 128, replace=False), batch_size=32)
+    served = []
+
+    def epochs():
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            for _ in loader:
+                break
+        loader.set_epoch(3)
+        served.extend(np.concatenate([b.ids.numpy() for b in loader]).tolist())
+
+    worker = threading.Thread(target=epochs, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "the next epoch did not start: the one left early still holds the loader"
+    assert sorted(served) == loader.ids.tolist()
+
+
 def test_evaluation_serves_in_id_order_without_augmentation(data):
     entry = data["arrays"]
     index = kept(600, 0.2)

@@ -17,6 +17,7 @@ teacher store's view to float32 rounding.
 from __future__ import annotations
 
 import os
+import queue
 import warnings
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -315,12 +316,21 @@ class FFCVLoader(KeptIdLoader):
 
     def _stop_epoch(self):
         """End FFCV's epoch thread, if one runs: an epoch left early (a ``break``) keeps decoding a
-        few batches ahead, into ring slots that the next epoch reuses. It stops once its queue is
-        full (within 0.5 s, FFCV's put timeout)."""
+        few batches ahead, into ring slots that the next epoch reuses. Closed, the thread stops at
+        its next put into its queue (FFCV's put timeout is 0.5 s), except the end-of-epoch marker's,
+        which has no timeout: an epoch of a few batches, all decoded, would block there for ever
+        with its queue full, so the queue is emptied until the thread has ended."""
         epoch, self._epoch = self._epoch, None
-        if epoch is not None:
-            epoch.close()
-            epoch.join()
+        if epoch is None:
+            return
+        epoch.close()
+        while epoch.is_alive():
+            try:
+                while True:
+                    epoch.output_queue.get_nowait()
+            except queue.Empty:
+                pass
+            epoch.join(timeout=0.01)
 
     def __iter__(self):
         self._view = self.view()  # next_batch draws this epoch's view
