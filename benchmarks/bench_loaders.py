@@ -14,7 +14,8 @@ into its decode threads (``loaders/crop_kernel.py``).
 Each (backend, fraction) builds a loader over a random subset and runs a few warm-up batches (FFCV
 compiles its pipeline, DataLoader workers start); then all the loaders of a dataset (every backend at
 every fraction) take turns for ``--epochs`` rounds of one full epoch each, and each reports its median
-epoch.
+epoch. The epoch time at fraction f against the full epoch's is the median over rounds of that
+round's ratio, so that both epochs of a ratio ran within seconds of each other.
 
     python benchmarks/bench_loaders.py                      # 20k JPEGs at 256 px: long on 2 cores
     python benchmarks/bench_loaders.py --jpeg-samples 4000  # what fits a shared dev box
@@ -71,7 +72,7 @@ def prepare(args):
 
 
 def time_fractions(loaders: dict, rounds: int, warmup_batches: int = 3) -> dict:
-    """Median seconds of a full epoch for each loader. The loaders take turns, one epoch each per
+    """Seconds of each round's epoch, for each loader. The loaders take turns, one epoch each per
     round, so a change in the machine's load hits every loader alike rather than one."""
     for loader in loaders.values():  # FFCV compiles, DataLoader workers start, DALI builds
         loader.set_epoch(0)
@@ -86,7 +87,7 @@ def time_fractions(loaders: dict, rounds: int, warmup_batches: int = 3) -> dict:
             n = sum(len(b.ids) for b in loader)
             times[f].append(time.perf_counter() - t)
             assert n == len(loader.order())
-    return {f: statistics.median(t) for f, t in times.items()}
+    return times
 
 
 def main():
@@ -128,9 +129,12 @@ def main():
                                             workers=args.workers, **extra)
         # every (backend, fraction) takes its turn in every round: load drift hits all rows alike, so
         # both the fraction ratios and the backend ratios compare like with like
-        seconds = time_fractions(loaders, args.epochs)
+        times = time_fractions(loaders, args.epochs)
+        seconds = {key: statistics.median(t) for key, t in times.items()}
         for (backend, f), loader in loaders.items():
-            ratio = seconds[backend, f] / seconds[backend, 1.0]
+            # the median of each round's ratio: the box's speed drifts 2x within an hour, and a
+            # round (one epoch of every loader) is short enough for both epochs to see the same box
+            ratio = statistics.median(t / full for t, full in zip(times[backend, f], times[backend, 1.0]))
             samples = len(loader.ids)
             rows.append({"dataset": name, "backend": backend, "fraction": f, "samples": samples,
                          "epoch_s": seconds[backend, f], "samples_per_s": samples / seconds[backend, f],
