@@ -9,8 +9,8 @@ Only the image field is decoded, by FFCV's own readers and JPEG decoder inside i
 multi-threaded pipeline (``_ring_decoder``), into a tensor of each batch's own that the main process
 hands on as it is. Once per batch the decoder calls back into the loader (``FFCVLoader.next_batch``),
 which counts the ids it is asked to decode (so the read counts are measured where the bytes are
-decoded), records their ids and labels (read once from the .beton's metadata) in a ring of slots, and
-gives the buffers. Training crops happen in the same pass: each image is cropped to its (view, id)
+decoded), records the ids in a ring of slots, and gives the buffers; labels come from the .beton's
+metadata, read once. Training crops happen in the same pass: each image is cropped to its (view, id)
 box by ``crop_kernel.crop_resize_into``, grid_sample's bilinear sampling, so batches equal the
 teacher store's view to float32 rounding.
 """
@@ -123,8 +123,8 @@ def _ring_decoder(loader: "FFCVLoader", raw: bool):
     be copied out (154 MB per batch of 256 crops; the last batch's copy, 0.14 s, was exposed at the
     end of every epoch). Each batch here is decoded into a tensor of its own, allocated by
     ``next_batch`` (so its pages are first touched by the decode threads), and handed on as it is.
-    The loader's ring records each batch's ids and labels, so the label and id fields need no
-    pipelines (and no buffers) of their own."""
+    The loader's ring records each batch's ids (their labels are read once from the .beton's
+    metadata), so the label and id fields need no pipelines (and no buffers) of their own."""
     from dataclasses import replace
 
     from ffcv.fields.ndarray import NDArrayDecoder
@@ -217,7 +217,6 @@ class _Ring(NamedTuple):
 
     batches: list  # [slots] the float32 tensor [n, *sample_shape] each batch is decoded into
     ids: np.ndarray  # [slots, B] int64 the sample ids of each slot's batch
-    labels: np.ndarray  # [slots, B] int64 their labels
     scratch: np.ndarray  # [B, H * W * 3] uint8 JPEG decode scratch ([B, 0] for raw arrays)
     no_boxes: np.ndarray  # [B, 5] int64 zeros: the boxes argument when not augmenting
 
@@ -251,7 +250,7 @@ class FFCVLoader(KeptIdLoader):
         thread (which is also where the reads are counted): the crop boxes ``[B, 5]`` int64 (top,
         left, h, w, flip) of this epoch's view (zeros when not augmenting), a new float32 tensor
         ``[B, *sample_shape]`` to decode into (the batch the caller will receive), and the JPEG
-        scratch images. The batch, its ids and labels are kept in the next of ``batches_ahead + 2``
+        scratch images. The batch and its ids are kept in the next of ``batches_ahead + 2``
         ring slots (as many as FFCV keeps batches in flight) until the main process takes them."""
         ids = np.asarray(ids, dtype=np.int64)
         self.counter.note(ids)
@@ -259,7 +258,6 @@ class FFCVLoader(KeptIdLoader):
         slot = self._slot % len(ring.batches)
         self._slot += 1
         ring.ids[slot, :len(ids)] = ids
-        ring.labels[slot, :len(ids)] = self._labels[ids]
         ring.batches[slot] = batch = torch.empty((len(ids), *self.sample_shape), dtype=torch.float32)
         boxes = ring.no_boxes if self.augment is None else box_table(self.augment, self._view, ids, *self.image_size)
         return boxes, batch.numpy(), ring.scratch
@@ -268,7 +266,7 @@ class FFCVLoader(KeptIdLoader):
         slots, b = self._loader().batches_ahead + 2, self.batch_size
         scratch = 0 if self.manifest["encoding"] == "raw" else int(np.prod(self.image_size)) * 3
         self._ring = _Ring([None] * slots,
-                           np.empty((slots, b), dtype=np.int64), np.empty((slots, b), dtype=np.int64),
+                           np.empty((slots, b), dtype=np.int64),
                            np.empty((b, scratch), dtype=np.uint8), np.zeros((b, 5), dtype=np.int64))
         return self._ring
 
@@ -353,7 +351,8 @@ class FFCVLoader(KeptIdLoader):
                 if batch is None or images.ctypes.data != batch.data_ptr():
                     raise DataError(f"{self.path}: FFCV served batch {k} out of order")
                 served += n
-                yield batch, self._ring.labels[slot, :n].copy(), self._ring.ids[slot, :n].copy()
+                ids = self._ring.ids[slot, :n].copy()
+                yield batch, self._labels[ids], ids
         finally:
             if self._epoch is epoch:  # (a stale epoch closed late must not stop the current one)
                 self._stop_epoch()
