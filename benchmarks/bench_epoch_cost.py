@@ -20,38 +20,16 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_loaders import prepare  # noqa: E402
+from benchmarks.bench_loaders import prepare, time_fractions  # noqa: E402
 from benchmarks.harness import report  # noqa: E402
 from kdprune.data import Augment  # noqa: E402
 from kdprune.loaders import build  # noqa: E402
-
-
-def epoch_times(loaders: dict, rounds: int) -> tuple[dict, dict]:
-    """Median epoch seconds and median first-batch seconds of each loader, taking turns."""
-    for loader in loaders.values():  # compile, start workers, build pipelines
-        loader.set_epoch(0)
-        for _ in loader:
-            break
-    total, first = {k: [] for k in loaders}, {k: [] for k in loaders}
-    for r in range(1, rounds + 1):
-        for k, loader in loaders.items():
-            loader.set_epoch(r)
-            t = time.perf_counter()
-            batches = iter(loader)
-            n = len(next(batches).ids)
-            first[k].append(time.perf_counter() - t)
-            n += sum(len(b.ids) for b in batches)
-            total[k].append(time.perf_counter() - t)
-            assert n == len(loader.order())
-    return ({k: statistics.median(v) for k, v in total.items()},
-            {k: statistics.median(v) for k, v in first.items()})
 
 
 def main():
@@ -80,7 +58,9 @@ def main():
             loaders = {k: build(backend, source, np.sort(np.random.default_rng(k).choice(len(source), k * b, replace=False)),
                                 batch_size=b, train=True, seed=0, augment=augment, views=4,
                                 workers=args.workers, **extra) for k in counts}
-            total, first = epoch_times(loaders, args.rounds)
+            times, firsts = time_fractions(loaders, args.rounds)
+            total = {k: statistics.median(t) for k, t in times.items()}
+            first = {k: statistics.median(t) for k, t in firsts.items()}
             per_batch, fixed = (float(v) for v in np.polyfit(counts, [total[k] for k in counts], 1))
             full = len(source) / b
             rows.append({"dataset": name, "backend": backend, "fixed_ms": fixed * 1e3,

@@ -71,23 +71,27 @@ def prepare(args):
     return sources, paths
 
 
-def time_fractions(loaders: dict, rounds: int, warmup_batches: int = 3) -> dict:
-    """Seconds of each round's epoch, for each loader. The loaders take turns, one epoch each per
-    round, so a change in the machine's load hits every loader alike rather than one."""
+def time_fractions(loaders: dict, rounds: int, warmup_batches: int = 3) -> tuple[dict, dict]:
+    """Seconds of each round's epoch, and of its first batch, for each loader. The loaders take
+    turns, one epoch each per round, so a change in the machine's load hits every loader alike
+    rather than one."""
     for loader in loaders.values():  # FFCV compiles, DataLoader workers start, DALI builds
         loader.set_epoch(0)
         for i, _ in enumerate(loader):
             if i + 1 >= warmup_batches:
                 break
-    times = {f: [] for f in loaders}
+    times, first = {f: [] for f in loaders}, {f: [] for f in loaders}
     for r in range(1, rounds + 1):
         for f, loader in loaders.items():
             loader.set_epoch(r)
             t = time.perf_counter()
-            n = sum(len(b.ids) for b in loader)
+            batches = iter(loader)
+            n = len(next(batches).ids)
+            first[f].append(time.perf_counter() - t)
+            n += sum(len(b.ids) for b in batches)
             times[f].append(time.perf_counter() - t)
             assert n == len(loader.order())
-    return times
+    return times, first
 
 
 def main():
@@ -129,7 +133,7 @@ def main():
                                             workers=args.workers, **extra)
         # every (backend, fraction) takes its turn in every round: load drift hits all rows alike, so
         # both the fraction ratios and the backend ratios compare like with like
-        times = time_fractions(loaders, args.epochs)
+        times, _ = time_fractions(loaders, args.epochs)
         seconds = {key: statistics.median(t) for key, t in times.items()}
         for (backend, f), loader in loaders.items():
             # the median of each round's ratio: the box's speed drifts 2x within an hour, and a
