@@ -2,25 +2,24 @@
 through ``ffcv.loader.Loader(indices=kept ids)``.
 
 The traversal order is ours (``epoch_order``: one permutation per (seed, epoch), dealt round-robin
-across ranks), handed to FFCV as a custom ``TraversalOrder``, so FFCV serves the same ids in the same
-order as the other backends and each rank reads only its shard.
+across ranks): each epoch's batches of it go to FFCV's compiled pipeline on one long-lived thread
+(``ffcv_runner.EpochRunner``, in place of FFCV's thread per epoch), so FFCV serves the same ids in
+the same order as the other backends and each rank reads only its shard.
 
 Only the image field is decoded, by FFCV's own readers and JPEG decoder inside its compiled,
-multi-threaded pipeline (``_ring_decoder``), into a tensor of each batch's own that the main process
+multi-threaded pipeline (``_image_decoder``), into a tensor of each batch's own that the main process
 hands on as it is. Once per batch the decoder calls back into the loader (``FFCVLoader.next_batch``),
 which counts the ids it is asked to decode (so the read counts are measured where the bytes are
-decoded), records the ids in a ring of slots, and gives the buffers; labels come from the .beton's
-metadata, read once. Training crops happen in the same pass: each image is cropped to its (view, id)
-box by ``crop_kernel.crop_resize_into``, grid_sample's bilinear sampling, so batches equal the
-teacher store's view to float32 rounding.
+decoded) and gives the buffers; labels come from the .beton's metadata, read once. Training crops
+happen in the same pass: each image is cropped to its (view, id) box by
+``crop_kernel.crop_resize_into``, grid_sample's bilinear sampling, so batches equal the teacher
+store's view to float32 rounding.
 """
 from __future__ import annotations
 
 import os
-import queue
 import warnings
 from contextlib import contextmanager
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ from kdprune.errors import DataError
 from kdprune.loaders.base import NATIVE_THREADS, KeptIdLoader
 from kdprune.loaders.crop_kernel import box_table
 from kdprune.loaders.converted import check_index_fingerprint, read_manifest, source_info, write_manifest
+from kdprune.loaders.ffcv_runner import EpochRunner
 
 
 @contextmanager
@@ -97,9 +97,9 @@ class _Samples:
 
 
 class _CodeOnce:
-    """Builds a decoder's code once. FFCV asks every operation for its code again at each epoch
-    (``Graph.allocate_memory`` collects requirements and code together, then keeps only the
-    allocations); making numba dispatchers anew there was ~1 ms of fixed cost per epoch."""
+    """Builds a decoder's code once. FFCV asks every operation for its code each time it collects
+    requirements (``Graph.allocate_memory`` collects code too, then keeps only the allocations;
+    FFCV's own epochs call it every epoch), and making numba dispatchers anew costs ~1 ms."""
 
     def generate_code(self):
         if getattr(self, "_code", None) is None:
@@ -107,7 +107,7 @@ class _CodeOnce:
         return self._code
 
 
-def _ring_decoder(loader: "FFCVLoader", raw: bool):
+def _image_decoder(loader: "FFCVLoader", raw: bool):
     """An FFCV image decoder that writes each batch into the buffers ``FFCVLoader.next_batch``
     gives, inside FFCV's compiled, multi-threaded decode.
 
@@ -123,7 +123,7 @@ def _ring_decoder(loader: "FFCVLoader", raw: bool):
     be copied out (154 MB per batch of 256 crops; the last batch's copy, 0.14 s, was exposed at the
     end of every epoch). Each batch here is decoded into a tensor of its own, allocated by
     ``next_batch`` (so its pages are first touched by the decode threads), and handed on as it is.
-    The loader's ring records each batch's ids (their labels are read once from the .beton's
+    The runner hands each batch's ids on with it (their labels are read once from the .beton's
     metadata), so the label and id fields need no pipelines (and no buffers) of their own."""
     from dataclasses import replace
 
@@ -192,35 +192,6 @@ def _ring_decoder(loader: "FFCVLoader", raw: bool):
     return RingDecoder
 
 
-def _kept_order(loader: "FFCVLoader"):
-    from ffcv.traversal_order.base import TraversalOrder
-
-    class KeptOrder(TraversalOrder):
-        """Our per-(seed, epoch) order; FFCV builds a custom order by calling it with the Loader."""
-
-        def __init__(self):  # noqa: D401 - FFCV's base needs a Loader; this order needs none
-            self.sampler = None
-
-        def __call__(self, ffcv_loader):
-            self.loader, self.indices, self.seed = ffcv_loader, ffcv_loader.indices, loader.seed
-            self.distributed = ffcv_loader.distributed
-            return self
-
-        def sample_order(self, epoch):
-            return loader.order(epoch)
-
-    return KeptOrder()
-
-
-class _Ring(NamedTuple):
-    """What the decoder hands over, by slot (``batches_ahead + 2`` batches are in flight at most)."""
-
-    batches: list  # [slots] the float32 tensor [n, *sample_shape] each batch is decoded into
-    ids: np.ndarray  # [slots, B] int64 the sample ids of each slot's batch
-    scratch: np.ndarray  # [B, H * W * 3] uint8 JPEG decode scratch ([B, 0] for raw arrays)
-    no_boxes: np.ndarray  # [B, 5] int64 zeros: the boxes argument when not augmenting
-
-
 class FFCVLoader(KeptIdLoader):
     """Batches of the kept ids of a ``.beton`` (see :func:`write_beton`), ``workers`` decode threads."""
 
@@ -231,11 +202,10 @@ class FFCVLoader(KeptIdLoader):
         self.path, self.manifest, self.workers = path, manifest, max(int(workers), 1)
         self.image_size = None  # (H, W) of the stored images, known once FFCV reads the metadata
         self.sample_shape = None  # (C, H', W') of one decoded sample (sample_layout)
-        self._ring = None  # the decoder's buffers (next_batch)
-        self._slot = 0  # batches handed to the decoder so far
+        self._scratch = self._no_boxes = None  # next_batch's buffers, made at the first batch
         self._labels = None  # every sample's label, read once from the .beton
-        self._epoch = None  # FFCV's iterator (a thread) of the epoch being served
-        self._ffcv = None
+        self._epoch = None  # the ffcv_runner.Epoch being served
+        self._runner = None  # the ffcv_runner.EpochRunner of this loader's FFCV Loader
 
     def sample_layout(self, height: int, width: int, channels: int) -> tuple:
         """The shape ``(C, H', W')`` of one decoded float32 sample, given the stored images' size:
@@ -246,52 +216,46 @@ class FFCVLoader(KeptIdLoader):
         return self.sample_shape
 
     def next_batch(self, ids):
-        """What the compiled decoder needs for a batch of ``ids``, called once per batch from FFCV's
-        thread (which is also where the reads are counted): the crop boxes ``[B, 5]`` int64 (top,
-        left, h, w, flip) of this epoch's view (zeros when not augmenting), a new float32 tensor
-        ``[B, *sample_shape]`` to decode into (the batch the caller will receive), and the JPEG
-        scratch images. The batch and its ids are kept in the next of ``batches_ahead + 2``
-        ring slots (as many as FFCV keeps batches in flight) until the main process takes them."""
+        """What the compiled decoder needs for a batch of ``ids``, called once per batch from the
+        decode thread (which is also where the reads are counted): the crop boxes ``[B, 5]`` int64
+        (top, left, h, w, flip) of this epoch's view (zeros when not augmenting), a new float32 tensor
+        ``[B, *sample_shape]`` to decode into (the batch the caller will receive, handed on without
+        a copy), and the JPEG decode scratch (one batch is decoded at a time)."""
         ids = np.asarray(ids, dtype=np.int64)
         self.counter.note(ids)
-        ring = self._ring if self._ring is not None else self._make_ring()
-        slot = self._slot % len(ring.batches)
-        self._slot += 1
-        ring.ids[slot, :len(ids)] = ids
-        ring.batches[slot] = batch = torch.empty((len(ids), *self.sample_shape), dtype=torch.float32)
-        boxes = ring.no_boxes if self.augment is None else box_table(self.augment, self._view, ids, *self.image_size)
-        return boxes, batch.numpy(), ring.scratch
+        if self._scratch is None or len(self._scratch) < len(ids):
+            per_image = 0 if self.manifest["encoding"] == "raw" else int(np.prod(self.image_size)) * 3
+            self._scratch = np.empty((self.batch_size, per_image), dtype=np.uint8)
+            self._no_boxes = np.zeros((self.batch_size, 5), dtype=np.int64)
+        batch = torch.empty((len(ids), *self.sample_shape), dtype=torch.float32)
+        boxes = self._no_boxes if self.augment is None else box_table(self.augment, self._view, ids, *self.image_size)
+        return boxes, batch.numpy(), self._scratch
 
-    def _make_ring(self) -> _Ring:
-        slots, b = self._loader().batches_ahead + 2, self.batch_size
-        scratch = 0 if self.manifest["encoding"] == "raw" else int(np.prod(self.image_size)) * 3
-        self._ring = _Ring([None] * slots,
-                           np.empty((slots, b), dtype=np.int64),
-                           np.empty((b, scratch), dtype=np.uint8), np.zeros((b, 5), dtype=np.int64))
-        return self._ring
-
-    def _loader(self):
-        if self._ffcv is None:
-            self._ffcv = self._make_loader()
-            self._labels = self._stored_labels(self._ffcv.reader)
-        return self._ffcv
+    def _epochs(self) -> EpochRunner:
+        if self._runner is None:
+            loader = self._make_loader()
+            self._labels = self._stored_labels(loader.reader)
+            self._runner = EpochRunner(loader, self.workers)
+        return self._runner
 
     def _make_loader(self):
         with _torch_threads_kept():
-            from ffcv.loader import Loader
+            from ffcv.loader import Loader, OrderOption
             from numba.core.errors import NumbaWarning
 
             NATIVE_THREADS["started"] = True
-            decoder = _ring_decoder(self, raw=self.manifest["encoding"] == "raw")
+            decoder = _image_decoder(self, raw=self.manifest["encoding"] == "raw")
             # numba warns, when it compiles the pipeline at the first batch, that the object-mode
             # block (next_batch, once per batch) runs without parallelism: true, and harmless
             warnings.filterwarnings("ignore", message="Code running in object mode won't allow parallel",
                                     category=NumbaWarning)
             try:
-                # label and id come with each batch from next_batch: those fields are not decoded
+                # The Loader holds the kept ids and compiles the pipeline; the order (ours, sharded by
+                # rank) goes straight to the EpochRunner, so FFCV's own order and sharding are unused.
+                # label and id come from next_batch's ids: those fields are not decoded.
                 return Loader(self.path, batch_size=self.batch_size, num_workers=self.workers,
-                              order=_kept_order(self), indices=self.ids, distributed=self.world > 1,
-                              seed=self.seed, drop_last=False, os_cache=True,
+                              order=OrderOption.SEQUENTIAL, indices=self.ids, distributed=False,
+                              drop_last=False, os_cache=True,
                               pipelines={"image": [decoder()], "label": None, "id": None})
             except TypeError as err:  # FFCV's decoder refuses images of several sizes this way
                 raise DataError(f"{self.path}: {err}") from err
@@ -313,46 +277,26 @@ class FFCVLoader(KeptIdLoader):
         return np.ascontiguousarray(column("label"), dtype=np.int64)
 
     def _stop_epoch(self):
-        """End FFCV's epoch thread, if one runs: an epoch left early (a ``break``) keeps decoding a
-        few batches ahead, into ring slots that the next epoch reuses. Closed, the thread stops at
-        its next put into its queue (FFCV's put timeout is 0.5 s), except the end-of-epoch marker's,
-        which has no timeout: an epoch of a few batches, all decoded, would block there for ever
-        with its queue full, so the queue is emptied until the thread has ended."""
+        """Abandon the epoch being decoded, if any: an epoch left early (a ``break``) would otherwise
+        go on decoding (and counting reads) into the next one."""
         epoch, self._epoch = self._epoch, None
-        if epoch is None:
-            return
-        epoch.close()
-        while epoch.is_alive():
-            try:
-                while True:
-                    epoch.output_queue.get_nowait()
-            except queue.Empty:
-                pass
-            epoch.join(timeout=0.01)
+        if epoch is not None:
+            epoch.stop()
 
     def __iter__(self):
+        self._stop_epoch()
         self._view = self.view()  # next_batch draws this epoch's view
         for x, labels, ids in self._decoded_batches(self.order()):
             yield self._to_device(x, labels, ids)
 
     def _decoded_batches(self, order):
-        loader = self._loader()
-        loader.next_epoch = self.epoch  # FFCV asks our order for this epoch's ids
-        threads = torch.get_num_threads()
-        self._stop_epoch()
-        first, served = self._slot, 0  # this epoch's k-th batch is in ring slot first + k
-        self._epoch = epoch = iter(loader)
+        self._epoch = epoch = self._epochs().epoch(order)
+        served = 0
         try:
-            for k, (images,) in enumerate(epoch):
-                if k == 0:  # FFCV's epoch thread has reset torch's thread count by now: undo it
-                    torch.set_num_threads(threads)
-                slot, n = (first + k) % len(self._ring.batches), len(images)
-                batch, self._ring.batches[slot] = self._ring.batches[slot], None  # the caller's now
-                if batch is None or images.ctypes.data != batch.data_ptr():
-                    raise DataError(f"{self.path}: FFCV served batch {k} out of order")
-                served += n
-                ids = self._ring.ids[slot, :n].copy()
-                yield batch, self._labels[ids], ids
+            for ids, images in epoch:
+                served += len(ids)
+                # the array the decoder returned is a view of next_batch's tensor: no copy
+                yield torch.from_numpy(images), self._labels[ids], ids
         finally:
             if self._epoch is epoch:  # (a stale epoch closed late must not stop the current one)
                 self._stop_epoch()
