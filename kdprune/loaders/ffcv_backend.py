@@ -107,7 +107,7 @@ class _CodeOnce:
         return self._code
 
 
-def _image_decoder(loader: "FFCVLoader", raw: bool):
+def _image_decoder(owner: "FFCVLoader", raw: bool):
     """An FFCV image decoder that writes each batch into the buffers ``FFCVLoader.next_batch``
     gives, inside FFCV's compiled, multi-threaded decode.
 
@@ -124,7 +124,12 @@ def _image_decoder(loader: "FFCVLoader", raw: bool):
     end of every epoch). Each batch here is decoded into a tensor of its own, allocated by
     ``next_batch`` (so its pages are first touched by the decode threads), and handed on as it is.
     The runner hands each batch's ids on with it (their labels are read once from the .beton's
-    metadata), so the label and id fields need no pipelines (and no buffers) of their own."""
+    metadata), so the label and id fields need no pipelines (and no buffers) of their own.
+
+    The decoder reaches the loader through a weak reference: numba keeps compiled code, and the
+    Python objects its object-mode blocks call, for the life of the process, so a strong one would
+    keep every loader (its arrays, its read counter, its decode thread) alive after its last use."""
+    import weakref
     from dataclasses import replace
 
     from ffcv.fields.ndarray import NDArrayDecoder
@@ -136,14 +141,18 @@ def _image_decoder(loader: "FFCVLoader", raw: bool):
     from kdprune.data import to_float
     from kdprune.loaders.crop_kernel import crop_resize_into, to_float_into
 
-    class RingDecoder(_CodeOnce, NDArrayDecoder if raw else SimpleRGBImageDecoder):
+    loader = weakref.ref(owner)
+    augment = owner.augment is not None
+    del owner  # (not captured by the methods below)
+
+    class ImageDecoder(_CodeOnce, NDArrayDecoder if raw else SimpleRGBImageDecoder):
         def declare_state_and_memory(self, previous_state):
             if raw:
                 height, width, channels = self.field.shape
             else:
                 super().declare_state_and_memory(previous_state)  # refuses images of several sizes
                 height, width, channels = int(self.metadata["height"][0]), int(self.metadata["width"][0]), 3
-            shape = loader.sample_layout(height, width, channels)
+            shape = loader().sample_layout(height, width, channels)
             # no allocation asked of FFCV: the buffers are the loader's (see next_batch)
             return replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype("<f4")), None
 
@@ -151,8 +160,10 @@ def _image_decoder(loader: "FFCVLoader", raw: bool):
             mem_read, my_range = self.memory_read, Compiler.get_iterator()
             imdecode_c = Compiler.compile(imdecode)
             jpg = IMAGE_MODES["jpg"]
-            next_batch = loader.next_batch
             shape = tuple(self.field.shape) if raw else None
+
+            def next_batch(ids):
+                return loader().next_batch(ids)
 
             # the reader and the placement are picked here rather than branched on inside the
             # compiled loop: numba types every branch
@@ -177,7 +188,7 @@ def _image_decoder(loader: "FFCVLoader", raw: bool):
                 to_float_into(image, levels, out)
 
             read = Compiler.compile(read_raw if raw else read_jpeg)
-            place = Compiler.compile(scale if loader.augment is None else crop)
+            place = Compiler.compile(crop if augment else scale)
 
             def decode(batch_indices, storage, metadata, storage_state):
                 with objmode(boxes="int64[:, ::1]", out="float32[:, :, :, ::1]", scratch="uint8[:, ::1]"):
@@ -189,7 +200,7 @@ def _image_decoder(loader: "FFCVLoader", raw: bool):
             decode.is_parallel = True
             return decode
 
-    return RingDecoder
+    return ImageDecoder
 
 
 class FFCVLoader(KeptIdLoader):

@@ -1,0 +1,153 @@
+"""``ffcv_runner.EpochRunner``, the one thread that runs an FFCV loader's compiled pipeline for every
+epoch, on a stand-in loader whose "compiled" stage is a Python function (the real pipeline is run by
+the loader tests in test_loaders.py): batches in order with their ids, one thread for all epochs,
+errors reaching the caller, an epoch stopped early decoding nothing more, the thread ending with its
+runner, and pipelines that ask FFCV for buffers refused.
+"""
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from kdprune.loaders.ffcv_runner import EpochRunner
+
+
+class Context:
+    """FFCV's memory context: entered and left once per epoch, told each batch's index."""
+
+    state = "storage state"
+
+    def __init__(self):
+        self.entered = self.exited = 0
+        self.batches = []
+
+    def __enter__(self):
+        self.entered += 1
+        return self
+
+    def __exit__(self, *exc):
+        self.exited += 1
+
+    def start_batch(self, b_ix):
+        self.batches.append(b_ix)
+
+
+def stand_in(stage, batch_size=4, ahead=2, allocations=None):
+    """An object with the parts of ``ffcv.loader.Loader`` the runner uses; ``stage(ids)`` is the
+    pipeline (one operation, node 0, that asks for no buffer)."""
+    context = Context()
+
+    def code(batch_indices, storage_state, metadata, memory_0):
+        assert (storage_state, metadata, memory_0) == ("storage state", "metadata", None)
+        return (stage(batch_indices),)
+
+    return SimpleNamespace(
+        batch_size=batch_size, batches_ahead=ahead, code=([(code, [0])], [0]),
+        reader=SimpleNamespace(metadata="metadata"), context=context,
+        memory_manager=SimpleNamespace(schedule_epoch=lambda batches: context),
+        graph=SimpleNamespace(allocate_memory=lambda size, slots: allocations or {"operation": {0: None}, "shared": {}}))
+
+
+def within(seconds, fn):
+    """``fn()``'s result, run in a thread: a runner that stops serving fails the test, not the suite."""
+    result = {}
+
+    def run():
+        try:
+            result["value"] = fn()
+        except BaseException as err:  # noqa: BLE001 - re-raised in the test's thread
+            result["error"] = err
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=seconds)
+    assert not worker.is_alive(), f"no answer within {seconds} s: the runner stopped serving"
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def test_batches_come_in_order_with_their_ids_from_one_thread():
+    threads = set()
+
+    def stage(ids):
+        threads.add(threading.get_ident())
+        return ids * 10
+
+    loader = stand_in(stage, batch_size=4)
+    runner = EpochRunner(loader, workers=1)
+    for epoch in range(3):
+        order = np.random.default_rng(epoch).permutation(10 + epoch)
+        got = within(60, lambda: list(runner.epoch(order)))
+        assert [len(ids) for ids, _ in got] == [4, 4, 2 + epoch]  # the last batch is the rest
+        np.testing.assert_array_equal(np.concatenate([ids for ids, _ in got]), order)
+        for ids, out in got:
+            np.testing.assert_array_equal(out, ids * 10)
+    assert len(threads) == 1 and threading.get_ident() not in threads  # one thread, not the caller's
+    assert loader.context.entered == loader.context.exited == 3
+    assert loader.context.batches == [0, 1, 2] * 3
+
+
+def test_an_empty_epoch_ends_at_once():
+    runner = EpochRunner(stand_in(lambda ids: ids), workers=1)
+    assert list(runner.epoch(np.arange(0))) == []
+
+
+def test_a_pipeline_error_reaches_the_caller_and_the_next_epoch_still_runs():
+    def stage(ids):
+        if 7 in ids:
+            raise ValueError("sample 7 is damaged")
+        return ids
+
+    runner = EpochRunner(stand_in(stage, batch_size=4), workers=1)
+    served = []
+
+    def epoch():
+        for ids, _ in runner.epoch(np.arange(12)):
+            served.extend(ids.tolist())
+
+    with pytest.raises(ValueError, match="sample 7 is damaged"):
+        within(60, epoch)  # FFCV's own epoch thread dies on an error and its caller waits for ever
+    assert served == [0, 1, 2, 3]  # the batches before the damaged one
+    assert within(60, lambda: [ids.tolist() for ids, _ in runner.epoch(np.arange(4))]) == [[0, 1, 2, 3]]
+
+
+def test_an_epoch_stopped_early_decodes_nothing_more():
+    decoded = []
+
+    def stage(ids):
+        time.sleep(0.002)
+        decoded.append(int(ids[0]))
+        return ids
+
+    runner = EpochRunner(stand_in(stage, batch_size=1, ahead=2), workers=1)
+    epoch = runner.epoch(np.arange(1000))
+    next(iter(epoch))
+    epoch.stop()
+    at_stop = len(decoded)
+    assert at_stop <= 1 + 2 + 2  # the batch taken, the queue's 2, one blocked on the put, one underway
+    time.sleep(0.05)
+    assert len(decoded) == at_stop
+    assert [int(ids[0]) for ids, _ in runner.epoch(np.arange(3))] == [0, 1, 2]  # and the runner goes on
+
+
+def test_the_thread_ends_with_its_runner():
+    runner = EpochRunner(stand_in(lambda ids: ids), workers=1)
+    list(runner.epoch(np.arange(8)))
+    thread = runner._thread
+    assert thread.is_alive()
+    del runner
+    gc.collect()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_a_pipeline_that_asks_ffcv_for_buffers_is_refused():
+    asks = {"operation": {0: None, 3: ("buffer spec",)}, "shared": {}}
+    with pytest.raises(RuntimeError, match=r"operations \[3\] of this one ask for some"):
+        EpochRunner(stand_in(lambda ids: ids, allocations=asks), workers=1)
