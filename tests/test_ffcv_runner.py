@@ -151,3 +151,10 @@ def test_a_pipeline_that_asks_ffcv_for_buffers_is_refused():
     asks = {"operation": {0: None, 3: ("buffer spec",)}, "shared": {}}
     with pytest.raises(RuntimeError, match=r"operations \[3\] of this one ask for some"):
         EpochRunner(stand_in(lambda ids: ids, allocations=asks), workers=1)
+
+
+def test_a_thread_count_numba_refuses_reaches_the_caller():
+    import numba
+    runner = EpochRunner(stand_in(lambda ids: ids), workers=numba.config.NUMBA_NUM_THREADS + 1)
+    with pytest.raises(ValueError):
+        within(60, lambda: list(runner.epoch(np.arange(4))))

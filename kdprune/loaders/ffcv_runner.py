@@ -65,8 +65,9 @@ class Epoch:
             self._finished.wait(0.01)
 
     # -- on the runner's thread --------------------------------------------------------------------------
-    def run(self, loader, no_buffers: dict) -> None:
+    def run(self, loader, no_buffers: dict, workers: int) -> None:
         try:
+            numba.set_num_threads(workers)  # the calling thread's own setting (a few microseconds)
             code, outputs = loader.code
             metadata = loader.reader.metadata
             context = loader.memory_manager.schedule_epoch(self.batches)
@@ -122,20 +123,19 @@ class EpochRunner:
         job = Epoch([order[i:i + size] for i in range(0, len(order), size)], self.loader.batches_ahead)
         if self._thread is None:
             # the thread holds the queue only, not the runner: dropping the loader ends it
-            self._thread = threading.Thread(target=_serve, args=(self._jobs, self.workers),
+            self._thread = threading.Thread(target=_serve, args=(self._jobs,),
                                             name="kdprune-ffcv-epochs", daemon=True)
             self._thread.start()
             weakref.finalize(self, self._jobs.put, None)
-        self._jobs.put((job, self.loader, self._no_buffers))
+        self._jobs.put((job, self.loader, self._no_buffers, self.workers))
         return job
 
 
-def _serve(jobs: queue.SimpleQueue, workers: int) -> None:
-    numba.set_num_threads(workers)  # numba's thread count is the calling thread's own: set it once
+def _serve(jobs: queue.SimpleQueue) -> None:
     while True:
         item = jobs.get()
         if item is None:
             return
-        job, loader, no_buffers = item
-        job.run(loader, no_buffers)
-        del job, loader, item  # hold nothing of a loader between epochs
+        job, *args = item
+        job.run(*args)
+        del job, args, item  # hold nothing of a loader between epochs
