@@ -263,7 +263,7 @@ class FFCVLoader(KeptIdLoader):
             try:
                 # The Loader holds the kept ids and compiles the pipeline; the order (ours, sharded by
                 # rank) goes straight to the EpochRunner, so FFCV's own order and sharding are unused.
-                # label and id come from next_batch's ids: those fields are not decoded.
+                # label and id follow from the ids the runner hands on with each batch: not decoded.
                 return Loader(self.path, batch_size=self.batch_size, num_workers=self.workers,
                               order=OrderOption.SEQUENTIAL, indices=self.ids, distributed=False,
                               drop_last=False, os_cache=True,
