@@ -234,7 +234,7 @@ class FFCVLoader(KeptIdLoader):
         a copy), and the JPEG decode scratch (one batch is decoded at a time)."""
         ids = np.asarray(ids, dtype=np.int64)
         self.counter.note(ids)
-        if self._scratch is None or len(self._scratch) < len(ids):
+        if self._scratch is None:  # (no batch is longer than batch_size)
             per_image = 0 if self.manifest["encoding"] == "raw" else int(np.prod(self.image_size)) * 3
             self._scratch = np.empty((self.batch_size, per_image), dtype=np.uint8)
             self._no_boxes = np.zeros((self.batch_size, 5), dtype=np.int64)
