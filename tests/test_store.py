@@ -77,6 +77,10 @@ def test_gather_accepts_tensors_out_and_empty(tmp_path):
     assert store.gather(ids, out=out) is out
     torch.testing.assert_close(out, expected(ids, 0, "float16"), rtol=0, atol=0)
     assert store.gather([]).shape == (0, C)
+    strided = torch.tensor([9, 0, 2, 0, 7, 0], dtype=torch.int64)[::2]  # int64 but not contiguous
+    torch.testing.assert_close(store.gather(strided), expected(strided, 0, "float16"), rtol=0, atol=0)
+    loader_ids = torch.tensor([N - 1, 0, 6])  # int64, contiguous: used as it is
+    torch.testing.assert_close(store.gather(loader_ids), expected(loader_ids, 0, "float16"), rtol=0, atol=0)
 
 
 def test_topk_fill_gives_missing_classes_no_probability(tmp_path):
