@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from kdprune.loaders.ffcv_runner import EpochRunner
+from timeouts import within
 
 
 class Context:
@@ -51,25 +52,6 @@ def stand_in(stage, batch_size=4, ahead=2, allocations=None):
         reader=SimpleNamespace(metadata="metadata"), context=context,
         memory_manager=SimpleNamespace(schedule_epoch=lambda batches: context),
         graph=SimpleNamespace(allocate_memory=lambda size, slots: allocations or {"operation": {0: None}, "shared": {}}))
-
-
-def within(seconds, fn):
-    """``fn()``'s result, run in a thread: a runner that stops serving fails the test, not the suite."""
-    result = {}
-
-    def run():
-        try:
-            result["value"] = fn()
-        except BaseException as err:  # noqa: BLE001 - re-raised in the test's thread
-            result["error"] = err
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(timeout=seconds)
-    assert not worker.is_alive(), f"no answer within {seconds} s: the runner stopped serving"
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
 
 
 def test_batches_come_in_order_with_their_ids_from_one_thread():

@@ -154,7 +154,7 @@ def test_short_epoch_left_early_does_not_stall_the_next(backend, data):
     (``batches_ahead`` = 3) and waits to put its end-of-epoch marker, a put with no timeout; the next
     epoch must still start and serve everything. Run in a thread, so that a hang fails the test
     instead of stopping the suite."""
-    import threading
+    from timeouts import within
 
     # 4 batches: after the first is taken, 3 fill FFCV's queue and the marker waits
     loader = make(backend, data["arrays"], np.random.default_rng(6).choice(600, 128, replace=False), batch_size=32)
@@ -168,10 +168,7 @@ def test_short_epoch_left_early_does_not_stall_the_next(backend, data):
         loader.set_epoch(3)
         served.extend(np.concatenate([b.ids.numpy() for b in loader]).tolist())
 
-    worker = threading.Thread(target=epochs, daemon=True)
-    worker.start()
-    worker.join(timeout=120)
-    assert not worker.is_alive(), "the next epoch did not start: the one left early still holds the loader"
+    within(120, epochs, hang="the next epoch did not start: the one left early still holds the loader")
     assert sorted(served) == loader.ids.tolist()
 
 
