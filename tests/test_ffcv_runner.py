@@ -140,3 +140,76 @@ def test_a_thread_count_numba_refuses_reaches_the_caller():
     runner = EpochRunner(stand_in(lambda ids: ids), workers=numba.config.NUMBA_NUM_THREADS + 1)
     with pytest.raises(ValueError):
         within(60, lambda: list(runner.epoch(np.arange(4))))
+
+
+def test_a_caller_faster_than_the_decode_decodes_batches_too_and_gets_them_in_order():
+    """With sharing on, a caller waiting for a batch decodes the next unclaimed one itself: both
+    threads decode, every batch exactly once, yielded in order, never more than ``ahead`` batches
+    claimed past the caller's."""
+    import numba
+    threads, claimed_past = {}, []
+    runner_box = {}
+
+    def stage(ids):
+        threads.setdefault(threading.get_ident(), []).append(int(ids[0]))
+        epoch = runner_box["epoch"]
+        claimed_past.append(epoch._claimed - epoch._served)
+        time.sleep(0.003)  # slower than the caller's loop
+        return ids * 10
+
+    runner = EpochRunner(stand_in(stage, batch_size=2, ahead=3), workers=1, share=True)
+    caller_threads = numba.get_num_threads()
+    order = np.random.default_rng(1).permutation(100)
+
+    def one_epoch():
+        runner_box["epoch"] = epoch = runner.epoch(order)
+        return list(epoch), threading.get_ident()
+
+    got, caller = within(60, one_epoch)
+    np.testing.assert_array_equal(np.concatenate([ids for ids, _ in got]), order)
+    for ids, out in got:
+        np.testing.assert_array_equal(out, ids * 10)
+    assert len(threads) == 2 and caller in threads  # the runner's thread and the caller
+    assert sorted(sum(threads.values(), [])) == sorted(int(ids[0]) for ids, _ in got)  # each batch once
+    assert max(claimed_past) <= 3
+    assert numba.get_num_threads() == caller_threads  # the caller's numba setting is given back
+
+
+def test_a_batch_the_caller_decoded_that_fails_raises_in_its_turn():
+    def stage(ids):
+        time.sleep(0.002)
+        if 9 in ids:
+            raise ValueError("sample 9 is damaged")
+        return ids
+
+    runner = EpochRunner(stand_in(stage, batch_size=1, ahead=4), workers=1, share=True)
+    served = []
+
+    def epoch():
+        for ids, _ in runner.epoch(np.arange(20)):
+            served.extend(ids.tolist())
+
+    with pytest.raises(ValueError, match="sample 9 is damaged"):
+        within(60, epoch)
+    assert served == list(range(9))
+    assert within(60, lambda: [ids.tolist() for ids, _ in runner.epoch(np.arange(3))]) == [[0], [1], [2]]
+
+
+def test_an_epoch_stopped_early_with_sharing_decodes_nothing_more():
+    decoded = []
+
+    def stage(ids):
+        time.sleep(0.002)
+        decoded.append(int(ids[0]))
+        return ids
+
+    runner = EpochRunner(stand_in(stage, batch_size=1, ahead=2), workers=1, share=True)
+    epoch = runner.epoch(np.arange(1000))
+    it = iter(epoch)
+    for _ in range(5):
+        next(it)
+    epoch.stop()
+    at_stop = len(decoded)
+    assert at_stop <= 5 + 2  # those served and at most `ahead` more
+    time.sleep(0.05)
+    assert len(decoded) == at_stop

@@ -18,6 +18,7 @@ store's view to float32 rounding.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from contextlib import contextmanager
 
@@ -213,7 +214,9 @@ class FFCVLoader(KeptIdLoader):
         self.path, self.manifest, self.workers = path, manifest, max(int(workers), 1)
         self.image_size = None  # (H, W) of the stored images, known once FFCV reads the metadata
         self.sample_shape = None  # (C, H', W') of one decoded sample (sample_layout)
-        self._scratch = self._no_boxes = None  # next_batch's buffers, made at the first batch
+        # next_batch's JPEG decode scratch, one per decoding thread (the runner's and the caller's)
+        self._scratch = threading.local()
+        self._no_boxes = np.zeros((self.batch_size, 5), dtype=np.int64)  # the boxes when not cropping
         self._labels = None  # every sample's label, read once from the .beton
         self._epoch = None  # the ffcv_runner.Epoch being served
         self._runner = None  # the ffcv_runner.EpochRunner of this loader's FFCV Loader
@@ -231,16 +234,17 @@ class FFCVLoader(KeptIdLoader):
         decode thread (which is also where the reads are counted): the crop boxes ``[B, 5]`` int64
         (top, left, h, w, flip) of this epoch's view (zeros when not augmenting), a new float32 tensor
         ``[B, *sample_shape]`` to decode into (the batch the caller will receive, handed on without
-        a copy), and the JPEG decode scratch (one batch is decoded at a time)."""
+        a copy), and the calling thread's JPEG decode scratch (the runner's thread and the caller may
+        decode a batch each at once)."""
         ids = np.asarray(ids, dtype=np.int64)
         self.counter.note(ids)
-        if self._scratch is None:  # (no batch is longer than batch_size)
+        scratch = getattr(self._scratch, "array", None)
+        if scratch is None:  # (no batch is longer than batch_size)
             per_image = 0 if self.manifest["encoding"] == "raw" else int(np.prod(self.image_size)) * 3
-            self._scratch = np.empty((self.batch_size, per_image), dtype=np.uint8)
-            self._no_boxes = np.zeros((self.batch_size, 5), dtype=np.int64)
+            scratch = self._scratch.array = np.empty((self.batch_size, per_image), dtype=np.uint8)
         batch = torch.empty((len(ids), *self.sample_shape), dtype=torch.float32)
         boxes = self._no_boxes if self.augment is None else box_table(self.augment, self._view, ids, *self.image_size)
-        return boxes, batch.numpy(), self._scratch
+        return boxes, batch.numpy(), scratch
 
     def _epochs(self) -> EpochRunner:
         if self._runner is None:
