@@ -199,6 +199,28 @@ def test_ffcv_runs_every_epoch_on_one_thread_that_ends_with_the_loader(data):
     assert not thread.is_alive()
 
 
+@pytest.mark.parametrize("name", ["arrays", "folder"])
+def test_ffcv_with_two_decode_threads_and_the_caller_decoding_too_serves_the_same_batches(name, data):
+    """Two numba threads in the runner's decode and the caller decoding batches alongside it (numba's
+    tbb layer runs both parallel regions at once): the same batches, in the same order, as one
+    decode thread gives, each kept id read once per epoch."""
+    entry = data[name]
+    n = len(entry["source"])
+    index = kept(n, 0.8, seed=2)
+    one = make("ffcv", entry, index, batch_size=8)
+    two = build("ffcv", entry["source"], index, path=entry["ffcv"], workers=2, batch_size=8, train=True, seed=5)
+    for epoch in (0, 1):
+        one.set_epoch(epoch)
+        two.set_epoch(epoch)
+        expected, got = list(one), list(two)
+        assert len(got) == len(expected)
+        for a, b in zip(expected, got):
+            torch.testing.assert_close(b.ids, a.ids, atol=0, rtol=0)
+            torch.testing.assert_close(b.x, a.x, atol=0, rtol=0)
+    assert two._runner._can_share()  # CI's numba has the tbb layer: the sharing path is the one tested
+    assert (two.counter.counts[index.ids] == 2).all() and two.counter.total == 2 * len(index.ids)
+
+
 def test_evaluation_serves_in_id_order_without_augmentation(data):
     entry = data["arrays"]
     index = kept(600, 0.2)
