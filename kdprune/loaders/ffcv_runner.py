@@ -46,11 +46,12 @@ class _Pipeline:
 
     def __init__(self, loader, no_buffers: dict, workers: int):
         self.loader, self.no_buffers, self.workers = loader, no_buffers, workers
-        # The caller is one more thread: with workers - 1 of numba's it keeps the box's thread count
-        # (on 2 vCPUs, 3 busy threads gave 65-205 ms Fashion-MNIST epochs, 2 gave 65-125), and its batch
-        # is not much slower than the runner's, so the runner, held at `ahead` batches past the
-        # caller, is not left waiting while the caller finishes one.
-        self.caller_threads = max(workers - 1, 1)
+        # While the caller decodes a batch, the two split the workers' threads, so that the decode
+        # never runs more threads than it was given (on 2 vCPUs, 3 busy threads made Fashion-MNIST
+        # epochs of 65-205 ms, 2 of 56-102 ms); and the caller's batch is not much slower than the
+        # runner's, so the runner, held at `ahead` batches past the caller, is not left waiting.
+        self.caller_threads = max(workers // 2, 1)
+        self.shared_threads = max(workers - self.caller_threads, 1)  # the runner's meanwhile
 
     def decode(self, ids, b_ix: int, context):
         """``(ids, *outputs)`` of batch ``b_ix`` (``ids``), in the memory context of its epoch."""
@@ -69,15 +70,15 @@ class Epoch:
     ``ahead`` batches past the one the caller is at). With ``share``, a caller that finds the batch it
     needs still underway decodes the next unclaimed one itself. ``stop()`` abandons the epoch."""
 
-    def __init__(self, batches: list, ahead: int, pipeline: _Pipeline, share: bool):
+    def __init__(self, batches: list, ahead: int, pipeline: _Pipeline, context, share: bool):
         self.batches = batches
         self._ahead, self._pipeline, self._share = max(int(ahead), 1), pipeline, share
+        self._context = context  # the memory context of the epoch (FFCV's, from schedule_epoch)
         self._done = [None] * len(batches)  # decoded batches not yet yielded (or a _Failed)
         self._claimed = 0  # batches [0, _claimed) have been taken by a thread
         self._served = 0  # batches [0, _served) have been yielded
-        self._context = None  # the epoch's memory context, once the runner has entered it
-        self._in_caller = 0  # batches the caller is decoding (the runner keeps the context open)
         self._stopped = False
+        self._caller_decoding = False
         self._fatal = None  # a _Failed when the runner could not run the epoch at all
         self._cond = threading.Condition()
         self._finished = threading.Event()  # the runner's thread is done with this epoch
@@ -103,24 +104,26 @@ class Epoch:
                     return item
                 if self._fatal is not None:
                     return self._fatal
-                j = self._claim(k + self._ahead) if self._share and self._context is not None else None
+                j = self._claim(k + self._ahead) if self._share else None
                 if j is None:
                     self._cond.wait()
                     continue
-                self._in_caller += 1
-            self._store(j, self._decode_here(j))
+                self._caller_decoding = True
+            item = self._decode_here(j)
+            with self._cond:
+                self._caller_decoding = False
+            self._store(j, item)
 
     def _decode_here(self, j: int):
         before = numba.get_num_threads()  # the caller's own setting, given back
         try:
             numba.set_num_threads(self._pipeline.caller_threads)
-            return self._pipeline.decode(self.batches[j], j, self._context)
+            with self._context:  # (FFCV's OS-cache context: maps the file once, then does nothing)
+                return self._pipeline.decode(self.batches[j], j, self._context)
         except BaseException as err:  # noqa: BLE001 - raised when batch j's turn comes
             return _Failed(err)
         finally:
             numba.set_num_threads(before)
-            with self._cond:
-                self._in_caller -= 1
 
     def _claim(self, limit: int):
         """The index of the next unclaimed batch below ``limit``, now claimed; None if there is none."""
@@ -147,20 +150,16 @@ class Epoch:
     def run(self) -> None:
         pipeline = self._pipeline
         try:
-            numba.set_num_threads(pipeline.workers)  # the calling thread's own setting (a few microseconds)
-            context = pipeline.loader.memory_manager.schedule_epoch(self.batches)
+            context = self._context
             with context:
-                with self._cond:
-                    self._context = context
                 while (k := self._next_for_runner()) is not None:
+                    # the calling thread's own setting (a few microseconds): fewer while the caller decodes
+                    numba.set_num_threads(pipeline.shared_threads if self._caller_decoding else pipeline.workers)
                     try:
                         item = pipeline.decode(self.batches[k], k, context)
                     except BaseException as err:  # noqa: BLE001 - handed to the caller, who raises it
                         item = _Failed(err)
                     self._store(k, item)
-                with self._cond:  # the caller's batches are decoded in this context too
-                    while self._in_caller:
-                        self._cond.wait()
         except BaseException as err:  # noqa: BLE001 - the context or numba refused: the caller raises it
             with self._cond:
                 self._fatal = _Failed(err)
@@ -206,7 +205,8 @@ class EpochRunner:
     def epoch(self, order: np.ndarray) -> Epoch:
         size = self.loader.batch_size
         batches = [order[i:i + size] for i in range(0, len(order), size)]
-        job = Epoch(batches, self.loader.batches_ahead, self._pipeline, self._can_share())
+        context = self.loader.memory_manager.schedule_epoch(batches)
+        job = Epoch(batches, self.loader.batches_ahead, self._pipeline, context, self._can_share())
         if self._thread is None:
             # the thread holds the queue only, not the runner: dropping the loader ends it
             self._thread = threading.Thread(target=_serve, args=(self._jobs,),
