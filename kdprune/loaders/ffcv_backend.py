@@ -3,8 +3,9 @@ through ``ffcv.loader.Loader(indices=kept ids)``.
 
 The traversal order is ours (``epoch_order``: one permutation per (seed, epoch), dealt round-robin
 across ranks): each epoch's batches of it go to FFCV's compiled pipeline on one long-lived thread
-(``ffcv_runner.EpochRunner``, in place of FFCV's thread per epoch), so FFCV serves the same ids in
-the same order as the other backends and each rank reads only its shard.
+(``ffcv_runner.EpochRunner``, in place of FFCV's thread per epoch), which the caller joins whenever
+the batch it needs is not ready, so FFCV serves the same ids in the same order as the other backends
+and each rank reads only its shard.
 
 Only the image field is decoded, by FFCV's own readers and JPEG decoder inside its compiled,
 multi-threaded pipeline (``_image_decoder``), into a tensor of each batch's own that the main process

@@ -9,12 +9,12 @@ thread per loader and hands it each epoch.
 
 Batches are claimed in order from a shared counter, by the runner's thread and by the caller: a
 caller that would otherwise wait for batch k (a loop faster than the decode, as in a throughput
-benchmark) decodes the next unclaimed batch itself. Handing every batch from a decoding thread to a
-waiting one cost more than decoding it on small images (Fashion-MNIST: 0.47 ms per batch through the
-hand-off, 0.32 ms decoded in place); sharing the work turned a 115-130 ms epoch into 75-85 ms. When
-the caller's loop is the slower one (a training step) the runner stays ahead and the caller only
-takes finished batches. The caller decodes with one numba thread fewer than the runner (see
-``_Pipeline``).
+benchmark) decodes the next unclaimed batch itself, from the epoch's first batch on. Handing every
+batch from a decoding thread to a waiting one cost more than decoding it on small images
+(Fashion-MNIST, 2 vCPUs: 0.47 ms per batch through the hand-off, 0.32 ms decoded in place); sharing
+the work took the epoch from 118-143 ms to 82-95 ms. When the caller's loop is the slower one (a
+training step) the runner stays ahead and the caller only takes finished batches. While the caller
+decodes, the two split the workers' threads (``_Pipeline``).
 
 It drives the same pieces of the pinned FFCV 1.0.2 that ``EpochIterator.run_pipeline`` does: the
 Loader's generated code (``loader.code``), its reader's metadata and its memory manager's epoch
