@@ -109,10 +109,7 @@ class Epoch:
                     self._cond.wait()
                     continue
                 self._caller_decoding = True
-            item = self._decode_here(j)
-            with self._cond:
-                self._caller_decoding = False
-            self._store(j, item)
+            self._store(j, self._decode_here(j), by_caller=True)
 
     def _decode_here(self, j: int):
         before = numba.get_num_threads()  # the caller's own setting, given back
@@ -120,7 +117,7 @@ class Epoch:
             numba.set_num_threads(self._pipeline.caller_threads)
             with self._context:  # (FFCV's OS-cache context: maps the file once, then does nothing)
                 return self._pipeline.decode(self.batches[j], j, self._context)
-        except BaseException as err:  # noqa: BLE001 - raised when batch j's turn comes
+        except Exception as err:  # raised when batch j's turn comes (a Ctrl-C goes up at once)
             return _Failed(err)
         finally:
             numba.set_num_threads(before)
@@ -132,9 +129,10 @@ class Epoch:
         self._claimed += 1
         return self._claimed - 1
 
-    def _store(self, k: int, item) -> None:
+    def _store(self, k: int, item, by_caller: bool = False) -> None:
         with self._cond:
             self._done[k] = item
+            self._caller_decoding &= not by_caller
             self._stopped |= isinstance(item, _Failed)  # the epoch ends at batch k: claim no more
             self._cond.notify_all()
 
