@@ -213,3 +213,29 @@ def test_an_epoch_stopped_early_with_sharing_decodes_nothing_more():
     assert at_stop <= 5 + 2  # those served and at most `ahead` more
     time.sleep(0.05)
     assert len(decoded) == at_stop
+
+
+def test_a_caller_slower_than_the_decode_takes_finished_batches():
+    """A training step longer than a batch's decode: the runner stays ahead, so past the epoch's
+    first batches (nothing is decoded yet when it starts) the caller only takes finished ones."""
+    by_caller = []
+    caller = {}
+
+    def stage(ids):
+        if threading.get_ident() == caller.get("id"):
+            by_caller.append(int(ids[0]))
+        time.sleep(0.001)
+        return ids
+
+    runner = EpochRunner(stand_in(stage, batch_size=1, ahead=3), workers=1, share=True)
+
+    def one_epoch():
+        caller["id"] = threading.get_ident()
+        served = []
+        for ids, _ in runner.epoch(np.arange(40)):
+            time.sleep(0.01)  # the training step
+            served.append(int(ids[0]))
+        return served
+
+    assert within(60, one_epoch) == list(range(40))
+    assert all(k < 3 for k in by_caller), by_caller
