@@ -45,6 +45,7 @@ def main():
     p.add_argument("--jpeg-size", type=int, default=256)
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--work", default="/tmp/kdprune-bench-loaders", help="shared with bench_loaders.py")
+    p.add_argument("--tag", default="", help="results go to benchmarks/results/epoch_cost[-TAG].json")
     args = p.parse_args()
     torch.set_num_threads(args.torch_threads)
     sources, paths = prepare(args)
@@ -69,7 +70,7 @@ def main():
                          "epoch_ms": {k: total[k] * 1e3 for k in counts}})
             print(rows[-1], flush=True)
             del loaders
-    report("epoch_cost", rows, ["dataset", "backend", "fixed_ms", "per_batch_ms", "first_batch_ms", "predicted_f0.1"],
+    report("epoch_cost" + (f"-{args.tag}" if args.tag else ""), rows, ["dataset", "backend", "fixed_ms", "per_batch_ms", "first_batch_ms", "predicted_f0.1"],
            config=vars(args))
 
 
