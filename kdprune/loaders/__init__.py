@@ -26,7 +26,8 @@ def build(backend: str, source, ids, *, batch_size: int, train: bool, seed: int 
     dataset, or the dataset itself with ``path=`` the conversion (then a conversion made from other
     data is refused as stale). Keywords: ``augment`` (an :class:`~kdprune.data.Augment`, applied in
     training as view ``epoch % views``), ``views``, ``workers`` (DataLoader processes, FFCV or DALI
-    threads).
+    threads; FFCV's iterating thread also decodes a batch whenever the one it needs is not ready,
+    taking half of the workers' threads meanwhile).
     """
     common = dict(batch_size=batch_size, train=train, seed=seed, device=device, distributed=distributed,
                   drop_last=drop_last)
