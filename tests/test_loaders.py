@@ -221,6 +221,26 @@ def test_ffcv_with_two_decode_threads_and_the_caller_decoding_too_serves_the_sam
     assert (two.counter.counts[index.ids] == 2).all() and two.counter.total == 2 * len(index.ids)
 
 
+def test_a_script_that_ends_with_an_ffcv_epoch_underway_exits(data):
+    """Leaving a loop early and ending the script: the epoch underway is stopped at exit. Without
+    that, it was closed during the interpreter's finalization, when the runner's daemon thread no
+    longer runs, and the process waited for it for ever."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = ("import numpy as np\n"
+              "from kdprune.loaders import build\n"
+              f"loader = build('ffcv', {data['arrays']['ffcv']!r}, np.arange(600), batch_size=8, train=True, workers=2)\n"
+              "batches = iter(loader)\n"
+              "next(batches)\n"
+              "print('left', flush=True)\n")
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "left"
+
+
 def test_evaluation_serves_in_id_order_without_augmentation(data):
     entry = data["arrays"]
     index = kept(600, 0.2)

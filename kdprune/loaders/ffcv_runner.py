@@ -26,7 +26,9 @@ the caller instead of leaving it waiting for a batch that never comes.
 """
 from __future__ import annotations
 
+import atexit
 import queue
+import sys
 import threading
 import weakref
 
@@ -139,10 +141,14 @@ class Epoch:
     def stop(self) -> None:
         """Make the runner drop the rest of this epoch, and wait until it has, so that nothing of
         this epoch is decoded after this returns (call it from the thread that iterates)."""
+        self._halt()
+        if not sys.is_finalizing():  # (the runner, a daemon thread, no longer runs then)
+            self._finished.wait()
+
+    def _halt(self) -> None:
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
-        self._finished.wait()
 
     # -- on the runner's thread --------------------------------------------------------------------------
     def run(self) -> None:
@@ -205,6 +211,7 @@ class EpochRunner:
         batches = [order[i:i + size] for i in range(0, len(order), size)]
         context = self.loader.memory_manager.schedule_epoch(batches)
         job = Epoch(batches, self.loader.batches_ahead, self._pipeline, context, self._can_share())
+        _LIVE.add(job)
         if self._thread is None:
             # the thread holds the queue only, not the runner: dropping the loader ends it
             self._thread = threading.Thread(target=_serve, args=(self._jobs,),
@@ -231,6 +238,21 @@ class EpochRunner:
                 except ValueError:  # no parallel region yet: ask again next epoch
                     return False
         return self._share
+
+
+# Epochs not yet garbage-collected, stopped when the interpreter exits: an epoch left underway (a
+# script that breaks out of its loop and ends) would otherwise be closed during finalization, when
+# the runner's daemon thread can no longer run, and its stop() would wait for ever.
+_LIVE = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_epochs(seconds: float = 10.0) -> None:
+    epochs = list(_LIVE)
+    for epoch in epochs:  # every one first: an epoch queued behind another finishes after it
+        epoch._halt()
+    for epoch in epochs:
+        epoch._finished.wait(seconds)
 
 
 def _serve(jobs: queue.SimpleQueue) -> None:
