@@ -239,3 +239,30 @@ def test_a_caller_slower_than_the_decode_takes_finished_batches():
 
     assert within(60, one_epoch) == list(range(40))
     assert all(k < 3 for k in by_caller), by_caller
+
+
+def test_the_caller_decodes_only_once_the_runner_has_run_a_batch():
+    """numba compiles the pipeline on the thread that first runs it, and a Ctrl-C inside that compile
+    is swallowed by an LLVM callback (the process hung): so the runner's thread runs the first batch
+    (the compile, here a slow first call) before the caller decodes any."""
+    calls = []
+    caller = {}
+
+    def stage(ids):
+        start = time.perf_counter()
+        if not calls:
+            time.sleep(0.2)  # the compile
+        calls.append((threading.get_ident() == caller.get("id"), start, time.perf_counter()))
+        return ids
+
+    runner = EpochRunner(stand_in(stage, batch_size=1, ahead=4), workers=1, share=True)
+
+    def epochs():
+        caller["id"] = threading.get_ident()
+        return [list(runner.epoch(np.arange(30))) for _ in range(2)]
+
+    within(60, epochs)
+    by_runner = [c for c in calls if not c[0]]
+    first_end = by_runner[0][2]
+    assert all(start >= first_end for by_caller, start, _ in calls if by_caller)
+    assert any(by_caller for by_caller, _, _ in calls)  # and shares after that

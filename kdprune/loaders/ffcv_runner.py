@@ -54,6 +54,10 @@ class _Pipeline:
         # runner's, so the runner, held at `ahead` batches past the caller, is not left waiting.
         self.caller_threads = max(workers // 2, 1)
         self.shared_threads = max(workers - self.caller_threads, 1)  # the runner's meanwhile
+        # Set once the runner's thread has run a batch, so numba has compiled the pipeline there: a
+        # Ctrl-C during a compile on the caller's thread lands in an LLVM callback that swallows it,
+        # and the process hung.
+        self.compiled = False
 
     def decode(self, ids, b_ix: int, context):
         """``(ids, *outputs)`` of batch ``b_ix`` (``ids``), in the memory context of its epoch."""
@@ -106,7 +110,7 @@ class Epoch:
                     return item
                 if self._fatal is not None:
                     return self._fatal
-                j = self._claim(k + self._ahead) if self._share else None
+                j = self._claim(k + self._ahead) if self._share and self._pipeline.compiled else None
                 if j is None:
                     self._cond.wait()
                     continue
@@ -119,7 +123,9 @@ class Epoch:
             numba.set_num_threads(self._pipeline.caller_threads)
             with self._context:  # (FFCV's OS-cache context: maps the file once, then does nothing)
                 return self._pipeline.decode(self.batches[j], j, self._context)
-        except Exception as err:  # raised when batch j's turn comes (a Ctrl-C goes up at once)
+        except Exception as err:  # raised when batch j's turn comes; a Ctrl-C goes up at once
+            if isinstance(err.__cause__, KeyboardInterrupt):  # (numba's object-mode call wraps it)
+                raise err.__cause__ from None
             return _Failed(err)
         finally:
             numba.set_num_threads(before)
@@ -161,6 +167,7 @@ class Epoch:
                     numba.set_num_threads(pipeline.shared_threads if self._caller_decoding else pipeline.workers)
                     try:
                         item = pipeline.decode(self.batches[k], k, context)
+                        pipeline.compiled = True
                     except BaseException as err:  # noqa: BLE001 - handed to the caller, who raises it
                         item = _Failed(err)
                     self._store(k, item)
