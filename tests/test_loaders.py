@@ -221,64 +221,71 @@ def test_ffcv_with_two_decode_threads_and_the_caller_decoding_too_serves_the_sam
     assert (two.counter.counts[index.ids] == 2).all() and two.counter.total == 2 * len(index.ids)
 
 
-def test_a_script_that_ends_with_an_ffcv_epoch_underway_exits(data):
-    """Leaving a loop early and ending the script: the epoch underway is stopped at exit. Without
-    that, it was closed during the interpreter's finalization, when the runner's daemon thread no
-    longer runs, and the process waited for it for ever."""
+def run_ffcv_script(data, body: str, **popen):
+    """A Python process that builds an FFCV loader over the arrays' .beton as ``loader`` and runs
+    ``body`` (started with ``popen``'s keywords; stdout a pipe)."""
     import subprocess
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     script = ("import numpy as np\n"
               "from kdprune.loaders import build\n"
-              f"loader = build('ffcv', {data['arrays']['ffcv']!r}, np.arange(600), batch_size=8, train=True, workers=2)\n"
-              "batches = iter(loader)\n"
-              "next(batches)\n"
-              "print('left', flush=True)\n")
+              f"loader = build('ffcv', {data['arrays']['ffcv']!r}, np.arange(600), batch_size=8, train=True, "
+              "workers=2)\n" + body)
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "left"
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env, **popen)
+
+
+def test_a_script_that_ends_with_an_ffcv_epoch_underway_exits(data, tmp_path):
+    """Leaving a loop early and ending the script: the epoch underway is stopped at exit. Without
+    that, it was closed during the interpreter's finalization, when the runner's daemon thread no
+    longer runs, and the process waited for it for ever."""
+    with open(tmp_path / "stderr", "w+") as err:
+        child = run_ffcv_script(data, "batches = iter(loader)\nnext(batches)\nprint('left', flush=True)\n",
+                                stderr=err)
+        try:
+            out, _ = child.communicate(timeout=180)
+        finally:
+            child.kill()
+        err.seek(0)
+        assert child.returncode == 0, err.read()[-2000:]
+    assert out.strip() == "left"
 
 
 @pytest.mark.parametrize("when", ["while the pipeline compiles", "between epochs' batches"])
-def test_ctrl_c_stops_a_script_iterating_an_ffcv_loader(data, when):
+def test_ctrl_c_stops_a_script_iterating_an_ffcv_loader(data, when, tmp_path):
     """A Ctrl-C while FFCV compiles its pipeline (the first batch) or while batches flow, with the
     caller decoding batches too: the script ends with a KeyboardInterrupt. (The caller once compiled
     the pipeline itself, and a Ctrl-C landing in a narrow window of numba's compile was swallowed by
     an LLVM callback and the process hung, 1 time in 6 by hand; the rule that prevents it is tested
     on its own in test_ffcv_runner.py.)"""
     import signal
-    import subprocess
-    import sys
     import time
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = ("import numpy as np\n"
-              "from kdprune.loaders import build\n"
-              f"loader = build('ffcv', {data['arrays']['ffcv']!r}, np.arange(600), batch_size=8, train=True, workers=2)\n"
-              "loader._epochs()\n"  # FFCV's Loader made: the first batch starts with the compile
-              "print('start', flush=True)\n"
-              "for epoch in range(100000):\n"
-              "    loader.set_epoch(epoch)\n"
-              "    for batch in loader:\n"
-              "        pass\n"
-              "    print('epoch', epoch, flush=True)\n")
-    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=env)
-    try:
-        assert child.stdout.readline().strip() == "start"
-        if when == "while the pipeline compiles":
-            time.sleep(1.0)  # (the compile takes seconds)
-        else:
-            while not child.stdout.readline().startswith("epoch 2"):
-                pass
-        child.send_signal(signal.SIGINT)
-        _, err = child.communicate(timeout=120)
-    finally:
-        child.kill()
-    assert err.strip().splitlines()[-1] == "KeyboardInterrupt", err[-2000:]
+    body = ("loader._epochs()\n"  # FFCV's Loader made: the first batch starts with the compile
+            "print('start', flush=True)\n"
+            "for epoch in range(100000):\n"
+            "    loader.set_epoch(epoch)\n"
+            "    for batch in loader:\n"
+            "        pass\n"
+            "    print('epoch', epoch, flush=True)\n")
+    with open(tmp_path / "stderr", "w+") as err:  # a file, not a pipe nobody reads while we wait
+        child = run_ffcv_script(data, body, stderr=err)
+        try:
+            assert child.stdout.readline().strip() == "start"
+            if when == "while the pipeline compiles":
+                time.sleep(1.0)  # (the compile takes seconds)
+            else:
+                for line in child.stdout:  # (ends early if the child does)
+                    if line.startswith("epoch 2"):
+                        break
+            child.send_signal(signal.SIGINT)
+            child.communicate(timeout=120)
+        finally:
+            child.kill()
+        err.seek(0)
+        lines = err.read().strip().splitlines()
+    assert lines and lines[-1] == "KeyboardInterrupt", "\n".join(lines[-30:])
 
 
 def test_evaluation_serves_in_id_order_without_augmentation(data):
