@@ -232,7 +232,7 @@ class FFCVLoader(KeptIdLoader):
 
     def next_batch(self, ids):
         """What the compiled decoder needs for a batch of ``ids``, called once per batch from the
-        decode thread (which is also where the reads are counted): the crop boxes ``[B, 5]`` int64
+        thread that decodes it (which is also where the reads are counted): the crop boxes ``[B, 5]`` int64
         (top, left, h, w, flip) of this epoch's view (zeros when not augmenting), a new float32 tensor
         ``[B, *sample_shape]`` to decode into (the batch the caller will receive, handed on without
         a copy), and the calling thread's JPEG decode scratch (the runner's thread and the caller may
