@@ -2,7 +2,9 @@
 epoch, on a stand-in loader whose "compiled" stage is a Python function (the real pipeline is run by
 the loader tests in test_loaders.py): batches in order with their ids, one thread for all epochs,
 errors reaching the caller, an epoch stopped early decoding nothing more, the thread ending with its
-runner, and pipelines that ask FFCV for buffers refused.
+runner, and pipelines that ask FFCV for buffers refused; and the caller sharing the decode (each
+batch once and in order, failures in their turn, a slow caller only taking finished batches, no
+caller decode before the runner's first batch).
 """
 from __future__ import annotations
 
@@ -99,7 +101,9 @@ def test_a_pipeline_error_reaches_the_caller_and_the_next_epoch_still_runs():
     assert within(60, lambda: [ids.tolist() for ids, _ in runner.epoch(np.arange(4))]) == [[0, 1, 2, 3]]
 
 
-def test_an_epoch_stopped_early_decodes_nothing_more():
+@pytest.mark.parametrize("share, taken", [(None, 1), (True, 5)])
+def test_an_epoch_stopped_early_decodes_nothing_more(share, taken):
+    """Without sharing (the stand-in's memory manager is not FFCV's OS-cache one) and with it."""
     decoded = []
 
     def stage(ids):
@@ -107,12 +111,14 @@ def test_an_epoch_stopped_early_decodes_nothing_more():
         decoded.append(int(ids[0]))
         return ids
 
-    runner = EpochRunner(stand_in(stage, batch_size=1, ahead=2), workers=1)
+    runner = EpochRunner(stand_in(stage, batch_size=1, ahead=2), workers=1, share=share)
     epoch = runner.epoch(np.arange(1000))
-    next(iter(epoch))
+    batches = iter(epoch)
+    for _ in range(taken):
+        next(batches)
     epoch.stop()
     at_stop = len(decoded)
-    assert at_stop <= 1 + 2  # the batch taken and at most `ahead` past it
+    assert at_stop <= taken + 2  # the batches taken and at most `ahead` past them
     time.sleep(0.05)
     assert len(decoded) == at_stop
     assert [int(ids[0]) for ids, _ in runner.epoch(np.arange(3))] == [0, 1, 2]  # and the runner goes on
@@ -193,26 +199,6 @@ def test_a_batch_the_caller_decoded_that_fails_raises_in_its_turn():
         within(60, epoch)
     assert served == list(range(9))
     assert within(60, lambda: [ids.tolist() for ids, _ in runner.epoch(np.arange(3))]) == [[0], [1], [2]]
-
-
-def test_an_epoch_stopped_early_with_sharing_decodes_nothing_more():
-    decoded = []
-
-    def stage(ids):
-        time.sleep(0.002)
-        decoded.append(int(ids[0]))
-        return ids
-
-    runner = EpochRunner(stand_in(stage, batch_size=1, ahead=2), workers=1, share=True)
-    epoch = runner.epoch(np.arange(1000))
-    it = iter(epoch)
-    for _ in range(5):
-        next(it)
-    epoch.stop()
-    at_stop = len(decoded)
-    assert at_stop <= 5 + 2  # those served and at most `ahead` more
-    time.sleep(0.05)
-    assert len(decoded) == at_stop
 
 
 def test_a_caller_slower_than_the_decode_takes_finished_batches():
