@@ -2,9 +2,9 @@
 epoch, on a stand-in loader whose "compiled" stage is a Python function (the real pipeline is run by
 the loader tests in test_loaders.py): batches in order with their ids, one thread for all epochs,
 errors reaching the caller, an epoch stopped early decoding nothing more, the thread ending with its
-runner, and pipelines that ask FFCV for buffers refused; and the caller sharing the decode (each
-batch once and in order, failures in their turn, a slow caller only taking finished batches, no
-caller decode before the runner's first batch).
+runner, pipelines that ask FFCV for buffers refused, each batch's buffers fetched on the thread that
+decodes it; and the caller sharing the decode (each batch once and in order, failures in their turn,
+a slow caller only taking finished batches, no caller decode before the runner's first batch).
 """
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ def stand_in(stage, batch_size=4, ahead=2, allocations=None):
     context = Context()
 
     def code(batch_indices, storage_state, metadata, memory_0):
-        assert (storage_state, metadata, memory_0) == ("storage state", "metadata", None)
-        return (stage(batch_indices),)
+        assert (storage_state, metadata) == ("storage state", "metadata")
+        return (stage(batch_indices) if memory_0 is None else stage(batch_indices, memory_0),)
 
     return SimpleNamespace(
         batch_size=batch_size, batches_ahead=ahead, code=([(code, [0])], [0]),
@@ -139,6 +139,38 @@ def test_a_pipeline_that_asks_ffcv_for_buffers_is_refused():
     asks = {"operation": {0: None, 3: ("buffer spec",)}, "shared": {}}
     with pytest.raises(RuntimeError, match=r"operations \[3\] of this one ask for some"):
         EpochRunner(stand_in(lambda ids: ids, allocations=asks), workers=1)
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_each_batch_gets_its_buffers_from_the_thread_that_decodes_it(share):
+    """``buffers(ids)`` is called once per batch, on the thread about to decode it, and what it
+    returns is the operation's memory argument for that batch (FFCVLoader.next_batch: counts the
+    reads there and gives a new output tensor)."""
+    fetched, decoded = {}, {}
+
+    def buffers(ids):
+        fetched.setdefault(int(ids[0]), []).append(threading.get_ident())
+        return ("buffers of", int(ids[0]))
+
+    def stage(ids, memory):
+        decoded[int(ids[0])] = (threading.get_ident(), memory)
+        time.sleep(0.002)  # (slower than the caller's loop, so that it decodes too when sharing)
+        return ids
+
+    runner = EpochRunner(stand_in(stage, batch_size=2, ahead=3), workers=1, buffers=buffers, share=share)
+    got = within(60, lambda: list(runner.epoch(np.arange(40))))
+    assert [int(ids[0]) for ids, _ in got] == list(range(0, 40, 2))
+    assert sorted(fetched) == sorted(decoded) == list(range(0, 40, 2))
+    for first, (thread, memory) in decoded.items():
+        assert fetched[first] == [thread]  # once, on the thread that decoded the batch
+        assert memory == ("buffers of", first)
+    assert len({thread for thread, _ in decoded.values()}) == (2 if share else 1)
+
+
+def test_buffers_for_a_pipeline_of_several_operations_are_refused():
+    several = {"operation": {0: None, 1: None}, "shared": {}}
+    with pytest.raises(RuntimeError, match=r"serves pipelines of one operation"):
+        EpochRunner(stand_in(lambda ids: ids, allocations=several), workers=1, buffers=lambda ids: None)
 
 
 def test_a_thread_count_numba_refuses_reaches_the_caller():

@@ -9,8 +9,8 @@ and each rank reads only its shard.
 
 Only the image field is decoded, by FFCV's own readers and JPEG decoder inside its compiled,
 multi-threaded pipeline (``_image_decoder``), into a tensor of each batch's own that the main process
-hands on as it is. Once per batch the decoder calls back into the loader (``FFCVLoader.next_batch``),
-which counts the ids it is asked to decode (so the read counts are measured where the bytes are
+hands on as it is. Before each batch the decoding thread calls the loader (``FFCVLoader.next_batch``),
+which counts the ids it is about to decode (so the read counts are measured where the bytes are
 decoded) and gives the buffers; labels come from the .beton's metadata, read once. Training crops
 happen in the same pass: each image is cropped to its (view, id) box by
 ``crop_kernel.crop_resize_into``, grid_sample's bilinear sampling, so batches equal the teacher
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
-import warnings
+import weakref
 from contextlib import contextmanager
 
 import numpy as np
@@ -98,6 +98,13 @@ class _Samples:
         return image, int(self.source.labels[i]), int(i)
 
 
+# The generated code of every FFCV Loader made in this process, numba dispatchers included, kept for
+# the life of the process. numba 0.68 frees a dispatcher in a finalizer that a garbage collection runs
+# on whichever thread it happens: freeing a loader's pipeline raised KeyErrors there, and once broke an
+# import underway on that thread (CPython 3.11's import-lock bookkeeping). The loader itself is freed.
+_COMPILED = []
+
+
 class _CodeOnce:
     """Builds a decoder's code once. FFCV asks every operation for its code each time it collects
     requirements (``Graph.allocate_memory`` collects code too, then keeps only the allocations;
@@ -111,7 +118,8 @@ class _CodeOnce:
 
 def _image_decoder(owner: "FFCVLoader", raw: bool):
     """An FFCV image decoder that writes each batch into the buffers ``FFCVLoader.next_batch``
-    gives, inside FFCV's compiled, multi-threaded decode.
+    gives (passed in by the runner as the operation's memory argument), inside FFCV's compiled,
+    multi-threaded decode.
 
     Each image is decoded and, when training with ``augment``, cropped to the box and flip
     ``Augment.boxes`` gives for (view, id) by ``crop_kernel.crop_resize_into`` (grid_sample's
@@ -125,20 +133,21 @@ def _image_decoder(owner: "FFCVLoader", raw: bool):
     be copied out (154 MB per batch of 256 crops; the last batch's copy, 0.14 s, was exposed at the
     end of every epoch). Each batch here is decoded into a tensor of its own, allocated by
     ``next_batch`` (so its pages are first touched by the decode threads), and handed on as it is.
+    The runner calls ``next_batch`` just before it runs the pipeline on a batch, on the same thread,
+    and passes the buffers in; fetching them from inside the compiled code (an object-mode block)
+    cost 30 us a batch, 12 % of the decode of 256 images of 28 px.
     The runner hands each batch's ids on with it (their labels are read once from the .beton's
     metadata), so the label and id fields need no pipelines (and no buffers) of their own.
 
-    The decoder reaches the loader through a weak reference: numba keeps compiled code, and the
-    Python objects its object-mode blocks call, for the life of the process, so a strong one would
-    keep every loader (its arrays, its read counter, its decode thread) alive after its last use."""
-    import weakref
+    The decoder reaches the loader (for ``sample_layout``) through a weak reference, as does the
+    runner (for ``next_batch``): the loader holds both, and a loader dropped by its last user is
+    freed at once (its arrays, its read counter, its decode thread), not at a later collection."""
     from dataclasses import replace
 
     from ffcv.fields.ndarray import NDArrayDecoder
     from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder
     from ffcv.libffcv import imdecode
     from ffcv.pipeline.compiler import Compiler
-    from numba import objmode
 
     from kdprune.data import to_float
     from kdprune.loaders.crop_kernel import crop_resize_into, to_float_into
@@ -155,7 +164,8 @@ def _image_decoder(owner: "FFCVLoader", raw: bool):
                 super().declare_state_and_memory(previous_state)  # refuses images of several sizes
                 height, width, channels = int(self.metadata["height"][0]), int(self.metadata["width"][0]), 3
             shape = loader().sample_layout(height, width, channels)
-            # no allocation asked of FFCV: the buffers are the loader's (see next_batch)
+            # no allocation asked of FFCV: the buffers are the loader's (next_batch), which the
+            # runner passes in as this operation's memory argument, batch by batch
             return replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype("<f4")), None
 
         def build_code(self):
@@ -163,14 +173,17 @@ def _image_decoder(owner: "FFCVLoader", raw: bool):
             imdecode_c = Compiler.compile(imdecode)
             jpg = IMAGE_MODES["jpg"]
             shape = tuple(self.field.shape) if raw else None
-
-            def next_batch(ids):
-                return loader().next_batch(ids)
+            nbytes = int(np.prod(shape)) if raw else 0
 
             # the reader and the placement are picked here rather than branched on inside the
             # compiled loop: numba types every branch
             def read_raw(sample, scratch, metadata, storage_state):
-                return mem_read(metadata[sample], storage_state).reshape(shape)
+                # A raw image's size is the field's shape, so its bytes are sliced straight from the
+                # .beton's map (element 0 of the OS-cache state, see _make_loader): FFCV's reader
+                # would first look the size up by a binary search over every allocation of the
+                # file, a third of the decode of a 28 px image.
+                ptr = metadata[sample]
+                return storage_state[0][ptr:ptr + nbytes].reshape(shape)
 
             def read_jpeg(sample, scratch, metadata, storage_state):
                 field = metadata[sample]
@@ -192,9 +205,9 @@ def _image_decoder(owner: "FFCVLoader", raw: bool):
             read = Compiler.compile(read_raw if raw else read_jpeg)
             place = Compiler.compile(crop if augment else scale)
 
-            def decode(batch_indices, storage, metadata, storage_state):
-                with objmode(boxes="int64[:, ::1]", out="float32[:, :, :, ::1]", scratch="uint8[:, ::1]"):
-                    boxes, out, scratch = next_batch(batch_indices)  # counts the reads too
+            def decode(batch_indices, buffers, metadata, storage_state):
+                # FFCV's memory argument, filled per batch by the runner with next_batch's buffers
+                boxes, out, scratch = buffers
                 for i in my_range(len(batch_indices)):
                     place(read(batch_indices[i], scratch[i], metadata, storage_state), boxes[i], out[i])
                 return out[:len(batch_indices)]
@@ -231,8 +244,8 @@ class FFCVLoader(KeptIdLoader):
         return self.sample_shape
 
     def next_batch(self, ids):
-        """What the compiled decoder needs for a batch of ``ids``, called once per batch from the
-        thread that decodes it (which is also where the reads are counted): the crop boxes ``[B, 5]`` int64
+        """What the compiled decoder needs for a batch of ``ids``, called by the runner once per batch
+        on the thread that decodes it, just before (which is also where the reads are counted): the crop boxes ``[B, 5]`` int64
         (top, left, h, w, flip) of this epoch's view (zeros when not augmenting), a new float32 tensor
         ``[B, *sample_shape]`` to decode into (the batch the caller will receive, handed on without
         a copy), and the calling thread's JPEG decode scratch (the runner's thread and the caller may
@@ -251,30 +264,32 @@ class FFCVLoader(KeptIdLoader):
         if self._runner is None:
             loader = self._make_loader()
             self._labels = self._stored_labels(loader.reader)
-            self._runner = EpochRunner(loader, self.workers)
+            owner = weakref.ref(self)  # (see _image_decoder)
+            self._runner = EpochRunner(loader, self.workers, buffers=lambda ids: owner().next_batch(ids))
         return self._runner
 
     def _make_loader(self):
         with _torch_threads_kept():
             from ffcv.loader import Loader, OrderOption
-            from numba.core.errors import NumbaWarning
 
             NATIVE_THREADS["started"] = True
             decoder = _image_decoder(self, raw=self.manifest["encoding"] == "raw")
-            # numba warns, when it compiles the pipeline at the first batch, that the object-mode
-            # block (next_batch, once per batch) runs without parallelism: true, and harmless
-            warnings.filterwarnings("ignore", message="Code running in object mode won't allow parallel",
-                                    category=NumbaWarning)
             try:
                 # The Loader holds the kept ids and compiles the pipeline; the order (ours, sharded by
                 # rank) goes straight to the EpochRunner, so FFCV's own order and sharding are unused.
                 # label and id follow from the ids the runner hands on with each batch: not decoded.
-                return Loader(self.path, batch_size=self.batch_size, num_workers=self.workers,
-                              order=OrderOption.SEQUENTIAL, indices=self.ids, distributed=False,
-                              drop_last=False, os_cache=True,
-                              pipelines={"image": [decoder()], "label": None, "id": None})
+                loader = Loader(self.path, batch_size=self.batch_size, num_workers=self.workers,
+                                order=OrderOption.SEQUENTIAL, indices=self.ids, distributed=False,
+                                drop_last=False, os_cache=True,
+                                pipelines={"image": [decoder()], "label": None, "id": None})
             except TypeError as err:  # FFCV's decoder refuses images of several sizes this way
                 raise DataError(f"{self.path}: {err}") from err
+        from ffcv.memory_managers.os_cache import OSCacheManager
+        # the raw reader slices the file's map out of the OS-cache state, (map, pointers, sizes)
+        if not isinstance(loader.memory_manager, OSCacheManager):
+            raise RuntimeError(f"expected FFCV's OSCacheManager, got {type(loader.memory_manager).__name__}")
+        _COMPILED.append(loader.code)
+        return loader
 
     def _stored_labels(self, reader) -> np.ndarray:
         """Every sample's label, from the .beton's metadata; and a check that its id field is the

@@ -18,8 +18,10 @@ decodes, the two split the workers' threads (``_Pipeline``).
 
 It drives the same pieces of the pinned FFCV 1.0.2 that ``EpochIterator.run_pipeline`` does: the
 Loader's generated code (``loader.code``), its reader's metadata and its memory manager's epoch
-context. Our decoder allocates its own buffers (``ffcv_backend.next_batch``), so the graph asks FFCV
-for none; a pipeline that did would be refused here rather than served from the wrong slots.
+context. The graph asks FFCV for no buffers (a pipeline that did would be refused here rather than
+served from the wrong slots): the runner gets each batch's from ``buffers(ids)`` on the thread that
+decodes it, and passes them as the memory argument of the pipeline's operation
+(``ffcv_backend.FFCVLoader.next_batch``: a new output tensor per batch).
 
 Unlike ``EpochIterator``, an error raised in the pipeline (a bad .beton, a refused batch) reaches
 the caller instead of leaving it waiting for a batch that never comes.
@@ -46,8 +48,9 @@ class _Failed:
 class _Pipeline:
     """The compiled pipeline of one FFCV Loader, run on a batch from any thread."""
 
-    def __init__(self, loader, no_buffers: dict, workers: int):
-        self.loader, self.no_buffers, self.workers = loader, no_buffers, workers
+    def __init__(self, loader, memory_args: dict, workers: int, buffers=None):
+        self.loader, self.memory_args, self.workers = loader, memory_args, workers
+        self.buffers = buffers  # (argument name, (ids) -> its value) of the one operation, or None
         # While the caller decodes a batch, the two split the workers' threads, so that the decode
         # never runs more threads than it was given (on 2 vCPUs, 3 busy threads made Fashion-MNIST
         # epochs of 65-205 ms, 2 of 56-102 ms); and the caller's batch is not much slower than the
@@ -64,7 +67,10 @@ class _Pipeline:
         code, outputs = self.loader.code
         context.start_batch(b_ix)
         args = {"batch_indices": ids, "storage_state": context.state, "metadata": self.loader.reader.metadata,
-                **self.no_buffers}
+                **self.memory_args}
+        if self.buffers is not None:
+            name, buffers = self.buffers
+            args[name] = buffers(ids)
         for stage_code, define_outputs in code:
             for node_id, result in zip(define_outputs, stage_code(**args)):
                 args[f"result_{node_id}"] = result
@@ -124,8 +130,6 @@ class Epoch:
             with self._context:  # (FFCV's OS-cache context: maps the file once, then does nothing)
                 return self._pipeline.decode(self.batches[j], j, self._context)
         except Exception as err:  # raised when batch j's turn comes; a Ctrl-C goes up at once
-            if isinstance(err.__cause__, KeyboardInterrupt):  # (numba's object-mode call wraps it)
-                raise err.__cause__ from None
             return _Failed(err)
         finally:
             numba.set_num_threads(before)
@@ -195,20 +199,25 @@ class EpochRunner:
     """Runs epochs of ``loader`` (an ``ffcv.loader.Loader``) on one thread with ``workers`` numba
     threads. ``epoch(order)`` starts decoding the batches of ``order`` (``batch_size`` ids each, the
     last one shorter) at once and returns the :class:`Epoch` that yields ``(ids, *outputs)`` per batch.
+    ``buffers``: called with each batch's ids on the thread about to decode it; what it returns is
+    passed as the memory argument of the pipeline's one operation (None: the pipeline gets none).
     ``share``: whether the caller may decode batches too (None: when it is safe, see ``_can_share``).
     The thread ends when the runner is garbage-collected."""
 
-    def __init__(self, loader, workers: int, share: bool | None = None):
+    def __init__(self, loader, workers: int, buffers=None, share: bool | None = None):
         allocations = loader.graph.allocate_memory(loader.batch_size, loader.batches_ahead + 2)
         asked = [node for kind in allocations.values() for node, memory in kind.items() if memory is not None]
         if asked:
             raise RuntimeError("EpochRunner serves pipelines that allocate no FFCV buffers; operations "
                                f"{asked} of this one ask for some")
-        # the generated code still takes an argument per operation for its (absent) buffers
-        no_buffers = {f"{prefix}memory_{node}": None for prefix, kind in (("", "operation"), ("shared_", "shared"))
-                      for node in allocations[kind]}
+        # the generated code still takes an argument per operation for its buffers (ours or none)
+        memory_args = {f"{prefix}memory_{node}": None for prefix, kind in (("", "operation"), ("shared_", "shared"))
+                       for node in allocations[kind]}
+        operations = [f"memory_{node}" for node in allocations["operation"]]
+        if buffers is not None and len(operations) != 1:
+            raise RuntimeError(f"EpochRunner(buffers=) serves pipelines of one operation; this one has {operations}")
         self.loader, self.workers = loader, int(workers)
-        self._pipeline = _Pipeline(loader, no_buffers, self.workers)
+        self._pipeline = _Pipeline(loader, memory_args, self.workers, buffers and (operations[0], buffers))
         self._share = share
         self._jobs = queue.SimpleQueue()
         self._thread = None
