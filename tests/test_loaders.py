@@ -23,7 +23,7 @@ from kdprune.data.augment import crop_resize
 from kdprune.data.folder import FolderDataset, write_jpeg_folder
 from kdprune.errors import ConfigError, DataError
 from kdprune.loaders import build
-from kdprune.loaders.batch import epoch_order
+from kdprune.loaders.batch import epoch_order, shuffled_range
 from kdprune.selection import IndexSet
 
 BACKENDS = ("torch", "ffcv", "dali")
@@ -67,6 +67,15 @@ def raw_images(entry, ids):
     if isinstance(src, FolderDataset):
         return np.stack([src.decode(i) for i in ids])
     return src.images[ids]
+
+
+def test_the_epoch_permutation_is_fixed_by_seed_and_epoch():
+    a = shuffled_range(1000, seed=5, epoch=2)
+    assert a.dtype == np.int64 and sorted(a.tolist()) == list(range(1000))
+    np.testing.assert_array_equal(a, shuffled_range(1000, 5, 2))
+    assert not np.array_equal(a, shuffled_range(1000, 5, 3)) and not np.array_equal(a, shuffled_range(1000, 6, 2))
+    # seeds apart only above 32 bits (all torch's generator keeps of a seed) still differ
+    assert not np.array_equal(shuffled_range(1000, 1, 0), shuffled_range(1000, 1 + 2**32, 0))
 
 
 @pytest.mark.parametrize("name", ["arrays", "folder"])

