@@ -140,8 +140,8 @@ def _image_decoder(owner: "FFCVLoader", raw: bool):
     metadata), so the label and id fields need no pipelines (and no buffers) of their own.
 
     The decoder reaches the loader (for ``sample_layout``) through a weak reference, as does the
-    runner (for ``next_batch``): the loader holds both, and a loader dropped by its last user is
-    freed at once (its arrays, its read counter, its decode thread), not at a later collection."""
+    runner (for ``next_batch``): the loader holds both, and strong references back would leave a
+    dropped loader (its arrays, its read counter, its decode thread) to the cycle collector."""
     from dataclasses import replace
 
     from ffcv.fields.ndarray import NDArrayDecoder
@@ -245,11 +245,11 @@ class FFCVLoader(KeptIdLoader):
 
     def next_batch(self, ids):
         """What the compiled decoder needs for a batch of ``ids``, called by the runner once per batch
-        on the thread that decodes it, just before (which is also where the reads are counted): the crop boxes ``[B, 5]`` int64
-        (top, left, h, w, flip) of this epoch's view (zeros when not augmenting), a new float32 tensor
-        ``[B, *sample_shape]`` to decode into (the batch the caller will receive, handed on without
-        a copy), and the calling thread's JPEG decode scratch (the runner's thread and the caller may
-        decode a batch each at once)."""
+        on the thread about to decode it (which is also where the reads are counted): the crop boxes
+        ``[B, 5]`` int64 (top, left, h, w, flip) of this epoch's view (zeros when not augmenting), a
+        new float32 tensor ``[B, *sample_shape]`` to decode into (the batch the caller will receive,
+        handed on without a copy), and the calling thread's JPEG decode scratch (the runner's thread
+        and the caller may decode a batch each at once)."""
         ids = np.asarray(ids, dtype=np.int64)
         self.counter.note(ids)
         scratch = getattr(self._scratch, "array", None)
