@@ -217,7 +217,8 @@ class EpochRunner:
         if buffers is not None and len(operations) != 1:
             raise RuntimeError(f"EpochRunner(buffers=) serves pipelines of one operation; this one has {operations}")
         self.loader, self.workers = loader, int(workers)
-        self._pipeline = _Pipeline(loader, memory_args, self.workers, buffers and (operations[0], buffers))
+        self._pipeline = _Pipeline(loader, memory_args, self.workers,
+                                   None if buffers is None else (operations[0], buffers))
         self._share = share
         self._jobs = queue.SimpleQueue()
         self._thread = None
