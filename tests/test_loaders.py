@@ -76,6 +76,16 @@ def test_the_epoch_permutation_is_fixed_by_seed_and_epoch():
     assert not np.array_equal(a, shuffled_range(1000, 5, 3)) and not np.array_equal(a, shuffled_range(1000, 6, 2))
     # seeds apart only above 32 bits (all torch's generator keeps of a seed) still differ
     assert not np.array_equal(shuffled_range(1000, 1, 0), shuffled_range(1000, 1 + 2**32, 0))
+    # the same on every rank, whatever its thread count
+    threads = torch.get_num_threads()
+    try:
+        orders = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            orders.append(shuffled_range(300_000, 5, 2))
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(orders[0], orders[1])
 
 
 @pytest.mark.parametrize("name", ["arrays", "folder"])
