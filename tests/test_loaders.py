@@ -5,8 +5,9 @@ permutation per (seed, epoch), the same on every backend; the training crop repl
 store's view ``epoch % views``; bad input gives a clear error.
 
 Sizes: 600 raw 28x28 samples and 96 JPEGs of 32 px in 4 classes, kept subsets of 0.3 to 0.5 with
-batch sizes that leave a partial last batch; FFCV compiles its pipeline per loader (seconds each),
-so the module builds few FFCV loaders and reuses them.
+batch sizes that leave a partial last batch; FFCV compiles a pipeline per loader (~1 s each once
+a decode of its kind is compiled, seconds before), so the module builds few FFCV loaders and reuses
+them.
 """
 from __future__ import annotations
 
@@ -241,6 +242,30 @@ def test_ffcv_with_two_decode_threads_and_the_caller_decoding_too_serves_the_sam
     assert two._runner._can_share()  # CI's numba has the tbb layer: the sharing path is the one tested
     assert (two.counter.counts[index.ids] == 2).all() and two.counter.total == 2 * len(index.ids)
 
+
+
+def test_ffcv_loaders_of_one_kind_share_their_compiled_decode(data, tmp_path):
+    """numba takes seconds to compile a decode: every FFCV loader after the first of its kind (raw
+    images of one shape or JPEGs; cropped or not; one decode thread or several) reuses it. A loader
+    of images of another shape gets a decode of its own, and serves its own images."""
+    from kdprune.loaders import ffcv_backend
+
+    entry = data["arrays"]
+    next(iter(make("ffcv", entry, np.arange(64))))
+    kinds = len(ffcv_backend._DECODES)
+    second = make("ffcv", entry, np.arange(100, 164), train=False)
+    batch = next(iter(second))
+    assert len(ffcv_backend._DECODES) == kinds
+    torch.testing.assert_close(batch.x, to_float(entry["source"].images[batch.ids.numpy()]), atol=0, rtol=0)
+    other = synthetic(50, 3, (12, 10, 1), seed=4)
+    path = str(tmp_path / "other.beton")
+    ffcv_backend.write_beton(other, path, workers=1)
+    loader = build("ffcv", other, np.arange(50), path=path, workers=1, batch_size=16, train=False)
+    batches = list(loader)
+    assert len(ffcv_backend._DECODES) == kinds + 1
+    assert [b.x.shape[2:] for b in batches] == [(12, 10)] * 4
+    for b in batches:
+        torch.testing.assert_close(b.x, to_float(other.images[b.ids.numpy()]), atol=0, rtol=0)
 
 def run_ffcv_script(data, body: str, **popen):
     """A Python process that builds an FFCV loader over the arrays' .beton as ``loader`` and runs

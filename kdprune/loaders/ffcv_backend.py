@@ -116,6 +116,81 @@ class _CodeOnce:
         return self._code
 
 
+# The compiled decode of each kind of pipeline, shared by every loader of the process that needs that
+# kind: numba took ~2-3 s to compile one (its parallel loop most of it), which every FFCV loader paid
+# before its first batch. A loader's own FFCV stage code, around it, is still compiled per loader.
+_DECODES = {}
+
+
+def _decode_code(raw: bool, shape, augment: bool, mem_read):
+    """The decode of a batch of images: ``raw`` ones of ``shape`` sliced from the map, or JPEGs read
+    by ``mem_read`` (FFCV's reader, which takes all it reads from its state argument); cropped to
+    each sample's box when ``augment``, else scaled as they are; over the images in parallel when
+    FFCV's compiler is set to several threads (``Loader(num_workers=...)``)."""
+    from ffcv.fields.rgb_image import IMAGE_MODES
+    from ffcv.libffcv import imdecode
+    from ffcv.pipeline.compiler import Compiler
+
+    from kdprune.data import to_float
+    from kdprune.loaders.crop_kernel import crop_resize_into, to_float_into
+
+    parallel = Compiler.num_threads > 1
+    key = (raw, shape, augment, parallel, None if raw else mem_read.py_func.__qualname__)
+    if key in _DECODES:
+        return _DECODES[key]
+    my_range = Compiler.get_iterator()
+    imdecode_c = Compiler.compile(imdecode)
+    jpg = IMAGE_MODES["jpg"]
+    nbytes = int(np.prod(shape)) if raw else 0
+
+    # the reader and the placement are picked here rather than branched on inside the compiled
+    # loop: numba types every branch
+    def read_raw(sample, scratch, metadata, storage_state):
+        # A raw image's size is the field's shape, so its bytes are sliced straight from the
+        # .beton's map (element 0 of the OS-cache state, see FFCVLoader._make_loader): FFCV's reader
+        # would first look the size up by a binary search over every allocation of the file, a
+        # third of the decode of a 28 px image.
+        ptr = metadata[sample]
+        return storage_state[0][ptr:ptr + nbytes].reshape(shape)
+
+    def read_jpeg(sample, scratch, metadata, storage_state):
+        field = metadata[sample]
+        data = mem_read(field["data_ptr"], storage_state)
+        height, width = np.uint32(field["height"]), np.uint32(field["width"])
+        if field["mode"] == jpg:
+            imdecode_c(data, scratch, height, width, height, width, 0, 0, 1, 1, False, False)
+            return scratch.reshape(height, width, 3)
+        return data.reshape(height, width, 3)
+
+    def crop(image, box, out):
+        crop_resize_into(image, box[0], box[1], box[2], box[3], box[4] != 0, out)
+
+    levels = to_float(np.arange(256, dtype=np.uint8).reshape(1, 1, 256, 1)).numpy().reshape(256)
+
+    def scale(image, box, out):
+        to_float_into(image, levels, out)
+
+    read = Compiler.compile(read_raw if raw else read_jpeg)
+    place = Compiler.compile(crop if augment else scale)
+
+    def decode_into(batch_indices, boxes, out, scratch, metadata, storage_state):
+        for i in my_range(len(batch_indices)):
+            place(read(batch_indices[i], scratch[i], metadata, storage_state), boxes[i], out[i])
+
+    decode_into.is_parallel = True
+    decode_into = Compiler.compile(decode_into)  # compiled on its first batch, for every loader after
+
+    def decode(batch_indices, buffers, metadata, storage_state):
+        # Each loader's FFCV compiles this wrapper anew (a dispatcher of its own), quickly.
+        # buffers: FFCV's memory argument, filled per batch by the runner with next_batch's buffers
+        boxes, out, scratch = buffers
+        decode_into(batch_indices, boxes, out, scratch, metadata, storage_state)
+        return out[:len(batch_indices)]
+
+    _DECODES[key] = decode
+    return decode
+
+
 def _image_decoder(owner: "FFCVLoader", raw: bool):
     """An FFCV image decoder that writes each batch into the buffers ``FFCVLoader.next_batch``
     gives (passed in by the runner as the operation's memory argument), inside FFCV's compiled,
@@ -145,12 +220,7 @@ def _image_decoder(owner: "FFCVLoader", raw: bool):
     from dataclasses import replace
 
     from ffcv.fields.ndarray import NDArrayDecoder
-    from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder
-    from ffcv.libffcv import imdecode
-    from ffcv.pipeline.compiler import Compiler
-
-    from kdprune.data import to_float
-    from kdprune.loaders.crop_kernel import crop_resize_into, to_float_into
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
 
     loader = weakref.ref(owner)
     augment = owner.augment is not None
@@ -169,51 +239,8 @@ def _image_decoder(owner: "FFCVLoader", raw: bool):
             return replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype("<f4")), None
 
         def build_code(self):
-            mem_read, my_range = self.memory_read, Compiler.get_iterator()
-            imdecode_c = Compiler.compile(imdecode)
-            jpg = IMAGE_MODES["jpg"]
             shape = tuple(self.field.shape) if raw else None
-            nbytes = int(np.prod(shape)) if raw else 0
-
-            # the reader and the placement are picked here rather than branched on inside the
-            # compiled loop: numba types every branch
-            def read_raw(sample, scratch, metadata, storage_state):
-                # A raw image's size is the field's shape, so its bytes are sliced straight from the
-                # .beton's map (element 0 of the OS-cache state, see _make_loader): FFCV's reader
-                # would first look the size up by a binary search over every allocation of the
-                # file, a third of the decode of a 28 px image.
-                ptr = metadata[sample]
-                return storage_state[0][ptr:ptr + nbytes].reshape(shape)
-
-            def read_jpeg(sample, scratch, metadata, storage_state):
-                field = metadata[sample]
-                data = mem_read(field["data_ptr"], storage_state)
-                height, width = np.uint32(field["height"]), np.uint32(field["width"])
-                if field["mode"] == jpg:
-                    imdecode_c(data, scratch, height, width, height, width, 0, 0, 1, 1, False, False)
-                    return scratch.reshape(height, width, 3)
-                return data.reshape(height, width, 3)
-
-            def crop(image, box, out):
-                crop_resize_into(image, box[0], box[1], box[2], box[3], box[4] != 0, out)
-
-            levels = to_float(np.arange(256, dtype=np.uint8).reshape(1, 1, 256, 1)).numpy().reshape(256)
-
-            def scale(image, box, out):
-                to_float_into(image, levels, out)
-
-            read = Compiler.compile(read_raw if raw else read_jpeg)
-            place = Compiler.compile(crop if augment else scale)
-
-            def decode(batch_indices, buffers, metadata, storage_state):
-                # FFCV's memory argument, filled per batch by the runner with next_batch's buffers
-                boxes, out, scratch = buffers
-                for i in my_range(len(batch_indices)):
-                    place(read(batch_indices[i], scratch[i], metadata, storage_state), boxes[i], out[i])
-                return out[:len(batch_indices)]
-
-            decode.is_parallel = True
-            return decode
+            return _decode_code(raw, shape, augment, self.memory_read)
 
     return ImageDecoder
 
