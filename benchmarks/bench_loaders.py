@@ -71,10 +71,11 @@ def prepare(args):
     return sources, paths
 
 
-def time_fractions(loaders: dict, rounds: int, warmup_batches: int = 3) -> tuple[dict, dict]:
+def time_fractions(loaders: dict, rounds: int, warmup_batches: int = 3, pause: float = 0.0) -> tuple[dict, dict]:
     """Seconds of each round's epoch, and of its first batch, for each loader. The loaders take
     turns, one epoch each per round, so a change in the machine's load hits every loader alike
-    rather than one."""
+    rather than one. ``pause``: seconds idle before each timed epoch (an epoch that starts on an idle
+    machine, as after an evaluation pass or a checkpoint's write)."""
     for loader in loaders.values():  # FFCV compiles, DataLoader workers start, DALI builds
         loader.set_epoch(0)
         for i, _ in enumerate(loader):
@@ -84,6 +85,8 @@ def time_fractions(loaders: dict, rounds: int, warmup_batches: int = 3) -> tuple
     for r in range(1, rounds + 1):
         for f, loader in loaders.items():
             loader.set_epoch(r)
+            if pause:
+                time.sleep(pause)
             t = time.perf_counter()
             batches = iter(loader)
             n = len(next(batches).ids)
@@ -108,6 +111,9 @@ def main():
                    help="torch threads in the main process (0: leave torch's default); on a shared, "
                         "oversubscribed box 2 OpenMP threads can make small element-wise ops 100x slower")
     p.add_argument("--fmnist-crop", action="store_true", help="random-resized-crop Fashion-MNIST too")
+    p.add_argument("--pause-ms", type=float, default=0.0,
+                   help="idle this long before each timed epoch: on the dev VM an epoch that starts after "
+                        "30 ms idle runs slower, which short epochs (small fractions) feel most")
     p.add_argument("--tag", default="", help="results go to benchmarks/results/loaders[-TAG].json")
     p.add_argument("--work", default="/tmp/kdprune-bench-loaders", help="where the data and conversions go")
     args = p.parse_args()
@@ -133,7 +139,7 @@ def main():
                                             workers=args.workers, **extra)
         # every (backend, fraction) takes its turn in every round: load drift hits all rows alike, so
         # both the fraction ratios and the backend ratios compare like with like
-        times, _ = time_fractions(loaders, args.epochs)
+        times, _ = time_fractions(loaders, args.epochs, pause=args.pause_ms / 1e3)
         seconds = {key: statistics.median(t) for key, t in times.items()}
         for (backend, f), loader in loaders.items():
             # the median of each round's ratio: the box's speed drifts 2x within an hour, and a
