@@ -11,8 +11,10 @@ them.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -32,7 +34,8 @@ BACKENDS = ("torch", "ffcv", "dali")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """Two sources, each converted for FFCV and DALI (the DALI ones through the CLI)."""
+    """Two sources, each converted for FFCV and DALI (the DALI ones through the CLI), and a third
+    of smaller raw images converted for FFCV."""
     root = tmp_path_factory.mktemp("loaders")
     arrays = synthetic(600, 10, (28, 28, 1), seed=3)
     folder = write_jpeg_folder(str(root / "jpegs"), 96, num_classes=4, size=32, seed=1)
@@ -44,6 +47,10 @@ def data(tmp_path_factory):
         write_beton(entry["source"], entry["ffcv"], workers=1)
         entry["dali"] = str(root / f"{name}_dali")
     write_dali(arrays, out["arrays"]["dali"])
+    # raw images of another shape, for FFCV only: written here, before any loader has started
+    # (after that FFCV's writer runs in a spawned process, seconds more)
+    out["small"] = {"source": synthetic(50, 3, (12, 10, 1), seed=4), "ffcv": str(root / "small.beton")}
+    write_beton(out["small"]["source"], out["small"]["ffcv"], workers=1)
     assert cli(["convert", "--format", "dali", "--dataset", "folder", "--data-dir", folder.root,
                 "--out", out["folder"]["dali"]]) == 0
     return out
@@ -244,7 +251,7 @@ def test_ffcv_with_two_decode_threads_and_the_caller_decoding_too_serves_the_sam
 
 
 
-def test_ffcv_loaders_of_one_kind_share_their_compiled_decode(data, tmp_path):
+def test_ffcv_loaders_of_one_kind_share_their_compiled_decode(data):
     """numba takes seconds to compile a decode: every FFCV loader after the first of its kind (raw
     images of one shape or JPEGs; cropped or not; one decode thread or several) reuses it. A loader
     of images of another shape gets a decode of its own, and serves its own images."""
@@ -257,15 +264,48 @@ def test_ffcv_loaders_of_one_kind_share_their_compiled_decode(data, tmp_path):
     batch = next(iter(second))
     assert len(ffcv_backend._DECODES) == kinds
     torch.testing.assert_close(batch.x, to_float(entry["source"].images[batch.ids.numpy()]), atol=0, rtol=0)
-    other = synthetic(50, 3, (12, 10, 1), seed=4)
-    path = str(tmp_path / "other.beton")
-    ffcv_backend.write_beton(other, path, workers=1)
-    loader = build("ffcv", other, np.arange(50), path=path, workers=1, batch_size=16, train=False)
+    other = data["small"]["source"]
+    loader = build("ffcv", other, np.arange(50), path=data["small"]["ffcv"], workers=1, batch_size=16, train=False)
     batches = list(loader)
     assert len(ffcv_backend._DECODES) == kinds + 1
     assert [b.x.shape[2:] for b in batches] == [(12, 10)] * 4
     for b in batches:
         torch.testing.assert_close(b.x, to_float(other.images[b.ids.numpy()]), atol=0, rtol=0)
+
+
+def test_ffcv_loaders_of_one_beton_share_its_ffcv_loader_and_each_serve_their_own_ids(data, tmp_path):
+    """Loaders of one .beton, batch size, thread count and decoder kind run on one FFCV Loader (made
+    once: its setup and compile take seconds), even while both iterate at once; each serves and
+    counts exactly its own ids. Another batch size, or the file written anew, gets a Loader of its own."""
+    entry = data["arrays"]
+    images = entry["source"].images
+    a, b = make("ffcv", entry, kept(600, 0.3, seed=1)), make("ffcv", entry, kept(600, 0.5, seed=2))
+    other_size = make("ffcv", entry, kept(600, 0.3, seed=1), batch_size=16)
+    for loader in (a, b, other_size):
+        loader.set_epoch(1)
+    served = {id(a): [], id(b): []}
+    for batch_a, batch_b in itertools.zip_longest(a, b):  # both epochs underway at once
+        for loader, batch in ((a, batch_a), (b, batch_b)):
+            if batch is None:
+                continue
+            served[id(loader)].append(batch.ids.numpy())
+            torch.testing.assert_close(batch.x, to_float(images[batch.ids.numpy()]), atol=0, rtol=0)
+    assert a._shared is b._shared and other_size._epochs() and other_size._shared is not a._shared
+    for loader in (a, b):
+        np.testing.assert_array_equal(np.sort(np.concatenate(served[id(loader)])), loader.ids)
+        assert loader.counter.total == len(loader.ids)
+    # the same file written anew (a new inode and time, as write_beton's rename leaves it)
+    path = str(tmp_path / "copy.beton")
+    shutil.copyfile(entry["ffcv"] + ".json", path + ".json")
+    shutil.copyfile(entry["ffcv"], path)
+    first = make("ffcv", {**entry, "ffcv": path}, kept(600, 0.3, seed=1))
+    next(iter(first))
+    shutil.copyfile(entry["ffcv"], path + ".new")
+    os.replace(path + ".new", path)
+    second = make("ffcv", {**entry, "ffcv": path}, kept(600, 0.3, seed=1), train=False)
+    batch = next(iter(second))
+    assert second._shared is not first._shared
+    torch.testing.assert_close(batch.x, to_float(images[batch.ids.numpy()]), atol=0, rtol=0)
 
 def run_ffcv_script(data, body: str, **popen):
     """A Python process that builds an FFCV loader over the arrays' .beton as ``loader`` and runs

@@ -1,5 +1,5 @@
 """The FFCV backend: a ``.beton`` with ``image``, ``label`` and ``id`` (the sample id) fields, read
-through ``ffcv.loader.Loader(indices=kept ids)``.
+through an ``ffcv.loader.Loader``, one per .beton and configuration, shared by the process's loaders.
 
 The traversal order is ours (``epoch_order``: one permutation per (seed, epoch), dealt round-robin
 across ranks): each epoch's batches of it go to FFCV's compiled pipeline on one long-lived thread
@@ -118,9 +118,22 @@ class _CodeOnce:
 
 # The compiled decode of each kind of pipeline, shared by every loader of the process that needs that
 # kind: numba took ~2-3 s to compile one (its parallel loop most of it), which every FFCV loader paid
-# before its first batch. A loader's own FFCV stage code, around it, is still compiled per loader.
+# before its first batch. The FFCV stage code around it is still compiled per FFCV Loader (_SHARED).
 _DECODES = {}
 
+
+class _SharedLoader:
+    """An FFCV Loader and the (height, width, channels) of the images its decoder saw."""
+
+    def __init__(self, loader, layout: list):
+        self.loader, self.layout = loader, tuple(layout)
+
+
+# The FFCV Loader of each .beton and configuration, shared by every loader of the process that reads
+# it, for as long as any of them holds it: making one took 0.65 s on the 60,000-sample Fashion-MNIST
+# .beton (FFCV's memory manager builds per-sample Python dicts: linear in the samples) and compiling
+# its pipeline ~1 s more; a loader of another fraction, seed or split of the same file pays neither.
+_SHARED = weakref.WeakValueDictionary()
 
 def _decode_code(raw: bool, shape, augment: bool, mem_read):
     """The decode of a batch of images: ``raw`` ones of ``shape`` sliced from the map, or JPEGs read
@@ -191,7 +204,7 @@ def _decode_code(raw: bool, shape, augment: bool, mem_read):
     return decode
 
 
-def _image_decoder(owner: "FFCVLoader", raw: bool):
+def _image_decoder(raw: bool, augment: bool, layout: list):
     """An FFCV image decoder that writes each batch into the buffers ``FFCVLoader.next_batch``
     gives (passed in by the runner as the operation's memory argument), inside FFCV's compiled,
     multi-threaded decode.
@@ -214,17 +227,13 @@ def _image_decoder(owner: "FFCVLoader", raw: bool):
     The runner hands each batch's ids on with it (their labels are read once from the .beton's
     metadata), so the label and id fields need no pipelines (and no buffers) of their own.
 
-    The decoder reaches the loader (for ``sample_layout``) through a weak reference, as does the
-    runner (for ``next_batch``): the loader holds both, and strong references back would leave a
-    dropped loader (its arrays, its read counter, its decode thread) to the cycle collector."""
+    It serves every loader of the FFCV Loader it is part of (``_SharedLoader``), so it holds none of
+    them: it leaves the stored images' (height, width, channels) in ``layout``, and each loader works
+    out its own samples' shape from it (``FFCVLoader.sample_layout``)."""
     from dataclasses import replace
 
     from ffcv.fields.ndarray import NDArrayDecoder
     from ffcv.fields.rgb_image import SimpleRGBImageDecoder
-
-    loader = weakref.ref(owner)
-    augment = owner.augment is not None
-    del owner  # (not captured by the methods below)
 
     class ImageDecoder(_CodeOnce, NDArrayDecoder if raw else SimpleRGBImageDecoder):
         def declare_state_and_memory(self, previous_state):
@@ -233,10 +242,12 @@ def _image_decoder(owner: "FFCVLoader", raw: bool):
             else:
                 super().declare_state_and_memory(previous_state)  # refuses images of several sizes
                 height, width, channels = int(self.metadata["height"][0]), int(self.metadata["width"][0]), 3
-            shape = loader().sample_layout(height, width, channels)
-            # no allocation asked of FFCV: the buffers are the loader's (next_batch), which the
-            # runner passes in as this operation's memory argument, batch by batch
-            return replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype("<f4")), None
+            layout[:] = [int(height), int(width), int(channels)]
+            # No allocation asked of FFCV: the buffers are the loader's (next_batch), which the
+            # runner passes in as this operation's memory argument, batch by batch. (No later
+            # operation reads the shape declared here.)
+            return replace(previous_state, jit_mode=True, shape=(channels, height, width),
+                           dtype=np.dtype("<f4")), None
 
         def build_code(self):
             shape = tuple(self.field.shape) if raw else None
@@ -260,6 +271,7 @@ class FFCVLoader(KeptIdLoader):
         self._no_boxes = np.zeros((self.batch_size, 5), dtype=np.int64)  # the boxes when not cropping
         self._labels = None  # every sample's label, read once from the .beton
         self._epoch = None  # the ffcv_runner.Epoch being served
+        self._shared = None  # the _SharedLoader this loader's epochs run on
         self._runner = None  # the ffcv_runner.EpochRunner of this loader's FFCV Loader
 
     def sample_layout(self, height: int, width: int, channels: int) -> tuple:
@@ -289,26 +301,42 @@ class FFCVLoader(KeptIdLoader):
 
     def _epochs(self) -> EpochRunner:
         if self._runner is None:
-            loader = self._make_loader()
-            self._labels = self._stored_labels(loader.reader)
-            owner = weakref.ref(self)  # (see _image_decoder)
-            self._runner = EpochRunner(loader, self.workers, buffers=lambda ids: owner().next_batch(ids))
+            self._shared = shared = self._shared_loader()
+            self.sample_layout(*shared.layout)
+            self._labels = self._stored_labels(shared.loader.reader)
+            # a weak reference: the runner's thread holds the callback, and a strong one would keep
+            # a dropped loader (its arrays, its read counter, its thread) alive
+            owner = weakref.ref(self)
+            self._runner = EpochRunner(shared.loader, self.workers, buffers=lambda ids: owner().next_batch(ids))
         return self._runner
 
-    def _make_loader(self):
+    def _shared_loader(self) -> "_SharedLoader":
+        """The FFCV Loader of this .beton (as it is on disk now) for this batch size, thread count and
+        decoder kind: the one another loader made, while any still holds it, or a new one."""
+        stat = os.stat(self.path)
+        key = (os.path.realpath(self.path), stat.st_ino, stat.st_size, stat.st_mtime_ns,
+               self.batch_size, self.workers, self.augment is not None)
+        shared = _SHARED.get(key)
+        if shared is None:
+            shared = self._make_loader()
+            _SHARED[key] = shared
+        return shared
+
+    def _make_loader(self) -> "_SharedLoader":
+        layout = []
         with _torch_threads_kept():
             from ffcv.loader import Loader, OrderOption
 
             NATIVE_THREADS["started"] = True
-            decoder = _image_decoder(self, raw=self.manifest["encoding"] == "raw")
+            decoder = _image_decoder(self.manifest["encoding"] == "raw", self.augment is not None, layout)
             try:
-                # The Loader holds the kept ids and compiles the pipeline; the order (ours, sharded by
-                # rank) goes straight to the EpochRunner, so FFCV's own order and sharding are unused.
-                # label and id follow from the ids the runner hands on with each batch: not decoded.
+                # The Loader reads the file and compiles the pipeline; each loader's order (its kept
+                # ids, sharded by rank) goes straight to its EpochRunner, so FFCV's own indices,
+                # order and sharding are unused. label and id follow from the ids the runner hands
+                # on with each batch: not decoded.
                 loader = Loader(self.path, batch_size=self.batch_size, num_workers=self.workers,
-                                order=OrderOption.SEQUENTIAL, indices=self.ids, distributed=False,
-                                drop_last=False, os_cache=True,
-                                pipelines={"image": [decoder()], "label": None, "id": None})
+                                order=OrderOption.SEQUENTIAL, distributed=False, drop_last=False,
+                                os_cache=True, pipelines={"image": [decoder()], "label": None, "id": None})
             except TypeError as err:  # FFCV's decoder refuses images of several sizes this way
                 raise DataError(f"{self.path}: {err}") from err
         from ffcv.memory_managers.os_cache import OSCacheManager
@@ -316,7 +344,7 @@ class FFCVLoader(KeptIdLoader):
         if not isinstance(loader.memory_manager, OSCacheManager):
             raise RuntimeError(f"expected FFCV's OSCacheManager, got {type(loader.memory_manager).__name__}")
         _COMPILED.append(loader.code)
-        return loader
+        return _SharedLoader(loader, layout)
 
     def _stored_labels(self, reader) -> np.ndarray:
         """Every sample's label, from the .beton's metadata; and a check that its id field is the
