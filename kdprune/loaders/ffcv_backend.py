@@ -122,19 +122,6 @@ class _CodeOnce:
 _DECODES = {}
 
 
-class _SharedLoader:
-    """An FFCV Loader and the (height, width, channels) of the images its decoder saw."""
-
-    def __init__(self, loader, layout: list):
-        self.loader, self.layout = loader, tuple(layout)
-
-
-# The FFCV Loader of each .beton and configuration, shared by every loader of the process that reads
-# it, for as long as any of them holds it: making one took 0.65 s on the 60,000-sample Fashion-MNIST
-# .beton (FFCV's memory manager builds per-sample Python dicts: linear in the samples) and compiling
-# its pipeline ~1 s more; a loader of another fraction, seed or split of the same file pays neither.
-_SHARED = weakref.WeakValueDictionary()
-
 def _decode_code(raw: bool, shape, augment: bool, mem_read):
     """The decode of a batch of images: ``raw`` ones of ``shape`` sliced from the map, or JPEGs read
     by ``mem_read`` (FFCV's reader, which takes all it reads from its state argument); cropped to
@@ -194,7 +181,7 @@ def _decode_code(raw: bool, shape, augment: bool, mem_read):
     decode_into = Compiler.compile(decode_into)  # compiled on its first batch, for every loader after
 
     def decode(batch_indices, buffers, metadata, storage_state):
-        # Each loader's FFCV compiles this wrapper anew (a dispatcher of its own), quickly.
+        # Each FFCV Loader compiles this wrapper anew (a dispatcher of its own), quickly.
         # buffers: FFCV's memory argument, filled per batch by the runner with next_batch's buffers
         boxes, out, scratch = buffers
         decode_into(batch_indices, boxes, out, scratch, metadata, storage_state)
@@ -254,6 +241,20 @@ def _image_decoder(raw: bool, augment: bool, layout: list):
             return _decode_code(raw, shape, augment, self.memory_read)
 
     return ImageDecoder
+
+
+class _SharedLoader:
+    """An FFCV Loader and the (height, width, channels) of the images its decoder saw."""
+
+    def __init__(self, loader, layout: list):
+        self.loader, self.layout = loader, tuple(layout)
+
+
+# The FFCV Loader of each .beton and configuration, shared by every loader of the process that reads
+# it, for as long as any of them holds it: making one took 0.65 s on the 60,000-sample Fashion-MNIST
+# .beton (FFCV's memory manager builds per-sample Python dicts: linear in the samples) and compiling
+# its pipeline ~1 s more; a loader of another fraction, seed or split of the same file pays neither.
+_SHARED = weakref.WeakValueDictionary()
 
 
 class FFCVLoader(KeptIdLoader):
