@@ -5,9 +5,9 @@ permutation per (seed, epoch), the same on every backend; the training crop repl
 store's view ``epoch % views``; bad input gives a clear error.
 
 Sizes: 600 raw 28x28 samples and 96 JPEGs of 32 px in 4 classes, kept subsets of 0.3 to 0.5 with
-batch sizes that leave a partial last batch; FFCV compiles a pipeline per loader (~1 s each once
-a decode of its kind is compiled, seconds before), so the module builds few FFCV loaders and reuses
-them.
+batch sizes that leave a partial last batch; an FFCV loader of a new configuration compiles a
+pipeline (~1 s once a decode of its kind is compiled, seconds before), so the module builds few
+FFCV loaders and reuses them.
 """
 from __future__ import annotations
 
@@ -250,7 +250,6 @@ def test_ffcv_with_two_decode_threads_and_the_caller_decoding_too_serves_the_sam
     assert (two.counter.counts[index.ids] == 2).all() and two.counter.total == 2 * len(index.ids)
 
 
-
 def test_ffcv_loaders_of_one_kind_share_their_compiled_decode(data):
     """numba takes seconds to compile a decode: every FFCV loader after the first of its kind (raw
     images of one shape or JPEGs; cropped or not; one decode thread or several) reuses it. A loader
@@ -290,7 +289,8 @@ def test_ffcv_loaders_of_one_beton_share_its_ffcv_loader_and_each_serve_their_ow
                 continue
             served[id(loader)].append(batch.ids.numpy())
             torch.testing.assert_close(batch.x, to_float(images[batch.ids.numpy()]), atol=0, rtol=0)
-    assert a._shared is b._shared and other_size._epochs() and other_size._shared is not a._shared
+    other_size._epochs()  # (made on its first epoch)
+    assert a._shared is b._shared and other_size._shared is not a._shared
     for loader in (a, b):
         np.testing.assert_array_equal(np.sort(np.concatenate(served[id(loader)])), loader.ids)
         assert loader.counter.total == len(loader.ids)
@@ -306,6 +306,7 @@ def test_ffcv_loaders_of_one_beton_share_its_ffcv_loader_and_each_serve_their_ow
     batch = next(iter(second))
     assert second._shared is not first._shared
     torch.testing.assert_close(batch.x, to_float(images[batch.ids.numpy()]), atol=0, rtol=0)
+
 
 def run_ffcv_script(data, body: str, **popen):
     """A Python process that builds an FFCV loader over the arrays' .beton as ``loader`` and runs
