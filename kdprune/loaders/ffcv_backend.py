@@ -105,20 +105,10 @@ class _Samples:
 _COMPILED = []
 
 
-class _CodeOnce:
-    """Builds a decoder's code once. FFCV asks every operation for its code each time it collects
-    requirements (``Graph.allocate_memory`` collects code too, then keeps only the allocations;
-    FFCV's own epochs call it every epoch), and making numba dispatchers anew costs ~1 ms."""
-
-    def generate_code(self):
-        if getattr(self, "_code", None) is None:
-            self._code = self.build_code()
-        return self._code
-
-
 # The compiled decode of each kind of pipeline, shared by every loader of the process that needs that
 # kind: numba took ~2-3 s to compile one (its parallel loop most of it), which every FFCV loader paid
 # before its first batch. The FFCV stage code around it is still compiled per FFCV Loader (_SHARED).
+# (FFCV asks an operation for its code each time it collects requirements, so a hit costs a lookup.)
 _DECODES = {}
 
 
@@ -127,17 +117,19 @@ def _decode_code(raw: bool, shape, augment: bool, mem_read):
     by ``mem_read`` (FFCV's reader, which takes all it reads from its state argument); cropped to
     each sample's box when ``augment``, else scaled as they are; over the images in parallel when
     FFCV's compiler is set to several threads (``Loader(num_workers=...)``)."""
-    from ffcv.fields.rgb_image import IMAGE_MODES
-    from ffcv.libffcv import imdecode
     from ffcv.pipeline.compiler import Compiler
-
-    from kdprune.data import to_float
-    from kdprune.loaders.crop_kernel import crop_resize_into, to_float_into
 
     parallel = Compiler.num_threads > 1
     key = (raw, shape, augment, parallel, None if raw else mem_read.py_func.__qualname__)
     if key in _DECODES:
         return _DECODES[key]
+
+    from ffcv.fields.rgb_image import IMAGE_MODES
+    from ffcv.libffcv import imdecode
+
+    from kdprune.data import to_float
+    from kdprune.loaders.crop_kernel import crop_resize_into, to_float_into
+
     my_range = Compiler.get_iterator()
     imdecode_c = Compiler.compile(imdecode)
     jpg = IMAGE_MODES["jpg"]
@@ -222,7 +214,7 @@ def _image_decoder(raw: bool, augment: bool, layout: list):
     from ffcv.fields.ndarray import NDArrayDecoder
     from ffcv.fields.rgb_image import SimpleRGBImageDecoder
 
-    class ImageDecoder(_CodeOnce, NDArrayDecoder if raw else SimpleRGBImageDecoder):
+    class ImageDecoder(NDArrayDecoder if raw else SimpleRGBImageDecoder):
         def declare_state_and_memory(self, previous_state):
             if raw:
                 height, width, channels = self.field.shape
@@ -236,7 +228,7 @@ def _image_decoder(raw: bool, augment: bool, layout: list):
             return replace(previous_state, jit_mode=True, shape=(channels, height, width),
                            dtype=np.dtype("<f4")), None
 
-        def build_code(self):
+        def generate_code(self):
             shape = tuple(self.field.shape) if raw else None
             return _decode_code(raw, shape, augment, self.memory_read)
 
