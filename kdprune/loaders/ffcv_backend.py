@@ -31,6 +31,7 @@ from kdprune.loaders.base import NATIVE_THREADS, KeptIdLoader
 from kdprune.loaders.crop_kernel import box_table
 from kdprune.loaders.converted import check_index_fingerprint, read_manifest, source_info, write_manifest
 from kdprune.loaders.ffcv_runner import EpochRunner
+from kdprune.loaders.recycle import BufferPool
 
 
 @contextmanager
@@ -198,8 +199,9 @@ def _image_decoder(raw: bool, augment: bool, layout: list):
     for batches of 256 crops of 224 px, 0.3 s of page faults; still ~0.5 ms for Fashion-MNIST, whose
     epoch of 10 % of the samples lasts ~9 ms) and reuses them within it, so each batch would have to
     be copied out (154 MB per batch of 256 crops; the last batch's copy, 0.14 s, was exposed at the
-    end of every epoch). Each batch here is decoded into a tensor of its own, allocated by
-    ``next_batch`` (so its pages are first touched by the decode threads), and handed on as it is.
+    end of every epoch). Each batch here is decoded into an array of its own, taken by
+    ``next_batch`` from the loader's ``recycle.BufferPool`` (memory of batches the caller has let go
+    of, already faulted in), and handed on as it is.
     The runner calls ``next_batch`` just before it runs the pipeline on a batch, on the same thread,
     and passes the buffers in; fetching them from inside the compiled code (an object-mode block)
     cost 30 us a batch, 12 % of the decode of 256 images of 28 px.
@@ -266,6 +268,7 @@ class FFCVLoader(KeptIdLoader):
         self._epoch = None  # the ffcv_runner.Epoch being served
         self._shared = None  # the _SharedLoader this loader's epochs run on
         self._runner = None  # the ffcv_runner.EpochRunner of this loader's FFCV Loader
+        self._pool = None  # the recycle.BufferPool the batches are decoded into
 
     def sample_layout(self, height: int, width: int, channels: int) -> tuple:
         """The shape ``(C, H', W')`` of one decoded float32 sample, given the stored images' size:
@@ -279,8 +282,8 @@ class FFCVLoader(KeptIdLoader):
         """What the compiled decoder needs for a batch of ``ids``, called by the runner once per batch
         on the thread about to decode it (which is also where the reads are counted): the crop boxes
         ``[B, 5]`` int64 (top, left, h, w, flip) of this epoch's view (zeros when not augmenting), a
-        new float32 tensor ``[B, *sample_shape]`` to decode into (the batch the caller will receive,
-        handed on without a copy), and the calling thread's JPEG decode scratch (the runner's thread
+        float32 array ``[B, *sample_shape]`` of its own to decode into (the batch the caller will
+        receive, handed on without a copy; from the loader's pool), and the calling thread's JPEG decode scratch (the runner's thread
         and the caller may decode a batch each at once)."""
         ids = np.asarray(ids, dtype=np.int64)
         self.counter.note(ids)
@@ -288,14 +291,18 @@ class FFCVLoader(KeptIdLoader):
         if scratch is None:  # (no batch is longer than batch_size)
             per_image = 0 if self.manifest["encoding"] == "raw" else int(np.prod(self.image_size)) * 3
             scratch = self._scratch.array = np.empty((self.batch_size, per_image), dtype=np.uint8)
-        batch = torch.empty((len(ids), *self.sample_shape), dtype=torch.float32)
+        batch = self._pool.array((len(ids), *self.sample_shape), np.float32)
         boxes = self._no_boxes if self.augment is None else box_table(self.augment, self._view, ids, *self.image_size)
-        return boxes, batch.numpy(), scratch
+        return boxes, batch, scratch
 
     def _epochs(self) -> EpochRunner:
         if self._runner is None:
             self._shared = shared = self._shared_loader()
             self.sample_layout(*shared.layout)
+            # every batch in memory of its own, used again once the caller has let go of that batch:
+            # enough for the batches decoded ahead, the one the caller holds and the two underway
+            self._pool = BufferPool(4 * self.batch_size * int(np.prod(self.sample_shape)),
+                                    keep=shared.loader.batches_ahead + 3)
             self._labels = self._stored_labels(shared.loader.reader)
             # a weak reference: the runner's thread holds the callback, and a strong one would keep
             # a dropped loader (its arrays, its read counter, its thread) alive
@@ -374,7 +381,7 @@ class FFCVLoader(KeptIdLoader):
         try:
             for ids, images in epoch:
                 served += len(ids)
-                # the array the decoder returned is a view of next_batch's tensor: no copy
+                # the array the decoder returned is a view of next_batch's array: no copy
                 yield torch.from_numpy(images), self._labels[ids], ids
         finally:
             if self._epoch is epoch:  # (a stale epoch closed late must not stop the current one)

@@ -21,7 +21,7 @@ Loader's generated code (``loader.code``), its reader's metadata and its memory 
 context. The graph asks FFCV for no buffers (a pipeline that did would be refused here rather than
 served from the wrong slots): the runner gets each batch's from ``buffers(ids)`` on the thread that
 decodes it, and passes them as the memory argument of the pipeline's operation
-(``ffcv_backend.FFCVLoader.next_batch``: a new output tensor per batch).
+(``ffcv_backend.FFCVLoader.next_batch``: an output array of its own per batch).
 
 Unlike ``EpochIterator``, an error raised in the pipeline (a bad .beton, a refused batch) reaches
 the caller instead of leaving it waiting for a batch that never comes.
