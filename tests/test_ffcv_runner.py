@@ -233,6 +233,31 @@ def test_a_batch_the_caller_decoded_that_fails_raises_in_its_turn():
     assert within(60, lambda: [ids.tolist() for ids, _ in runner.epoch(np.arange(3))]) == [[0], [1], [2]]
 
 
+def test_a_ctrl_c_numba_wrapped_while_the_caller_decodes_stops_the_epoch_as_a_ctrl_c():
+    """A Ctrl-C that lands while the caller decodes is raised at the next Python code the main
+    thread runs, which is numba's boxing of the decoded array: numba hands it back as a SystemError
+    caused by the KeyboardInterrupt. The caller raises the KeyboardInterrupt, at once (not as a
+    failed batch in its turn), and the next epoch runs."""
+    caller = threading.get_ident()
+
+    def stage(ids):
+        time.sleep(0.002)  # slower than the caller's loop: it decodes batches too
+        if threading.get_ident() == caller and ids[0] >= 6:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as ctrl_c:
+                raise SystemError("CPUDispatcher(decode) returned a result with an exception set") from ctrl_c
+        return ids
+
+    runner = EpochRunner(stand_in(stage, batch_size=1, ahead=4), workers=1, share=True)
+    served = []
+    with pytest.raises(KeyboardInterrupt):
+        for ids, _ in runner.epoch(np.arange(40)):
+            served.extend(ids.tolist())
+    assert served == list(range(len(served))) and len(served) < 40
+    assert [ids.tolist() for ids, _ in runner.epoch(np.arange(3))] == [[0], [1], [2]]
+
+
 def test_a_caller_slower_than_the_decode_takes_finished_batches():
     """A training step longer than a batch's decode: the runner stays ahead, so past the epoch's
     first batches (nothing is decoded yet when it starts) the caller only takes finished ones."""

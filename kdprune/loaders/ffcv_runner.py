@@ -130,6 +130,11 @@ class Epoch:
             with self._context:  # (FFCV's OS-cache context: maps the file once, then does nothing)
                 return self._pipeline.decode(self.batches[j], j, self._context)
         except Exception as err:  # raised when batch j's turn comes; a Ctrl-C goes up at once
+            if isinstance(err.__cause__, KeyboardInterrupt):
+                # A Ctrl-C during the decode is raised at the first Python code this (the main) thread
+                # runs after it: numba's boxing of the returned array calls back into Python, and
+                # numba turns what that raised into a SystemError "caused by" the KeyboardInterrupt.
+                raise err.__cause__ from None
             return _Failed(err)
         finally:
             numba.set_num_threads(before)
