@@ -283,8 +283,8 @@ class FFCVLoader(KeptIdLoader):
         on the thread about to decode it (which is also where the reads are counted): the crop boxes
         ``[B, 5]`` int64 (top, left, h, w, flip) of this epoch's view (zeros when not augmenting), a
         float32 array ``[B, *sample_shape]`` of its own to decode into (the batch the caller will
-        receive, handed on without a copy; from the loader's pool), and the calling thread's JPEG decode scratch (the runner's thread
-        and the caller may decode a batch each at once)."""
+        receive, handed on without a copy; from the loader's pool), and the calling thread's JPEG
+        decode scratch (the runner's thread and the caller may decode a batch each at once)."""
         ids = np.asarray(ids, dtype=np.int64)
         self.counter.note(ids)
         scratch = getattr(self._scratch, "array", None)

@@ -5,7 +5,9 @@ find fresh memory for every batch. Fresh memory costs page faults on its first w
 ~11 us per 4 KiB page, 2.2 ms for one Fashion-MNIST batch of 256 float32 images (196 pages) against
 0.2 ms to decode it. glibc serves a decode thread from an arena of its own and gives that arena's
 memory back to the kernel when the batches in it are freed, so the FFCV runner's thread faulted in
-every few batches afresh (the main thread's arena kept its pages), and its batch came 2 ms late.
+every few batches afresh (the main thread's arena kept its pages), and its batch came 2 ms late. A
+batch above malloc's mmap threshold (at most 32 MiB), such as 256 crops of 224 px (154 MB), is
+mapped anew and faulted in every time, on any thread: a third of FFCV's and DALI's time per batch.
 
 :class:`BufferPool` keeps the memory instead: each batch array lies in an anonymous map taken from the
 pool, and the map goes back to the pool when the batch array and every view of it (numpy or torch:
