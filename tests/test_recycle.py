@@ -94,3 +94,21 @@ def test_arrays_let_go_of_on_other_threads_are_each_handed_out_once():
     assert not errors
     assert len({address(a) for a in live}) == len(live)
     assert pool.made < 4 * 300 // 2  # most arrays used a buffer again
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_to_float_into_pooled_memory_equals_to_float(channels):
+    """What the loaders hand out from a pool is ``to_float``'s result exactly, with its strides (one
+    channel contiguous NCHW, three channels-last), in the pool's memory."""
+    from kdprune.data import to_float
+
+    images = np.random.default_rng(channels).integers(0, 256, (5, 7, 6, channels), dtype=np.uint8)
+    pool = BufferPool(4 * images.size)
+    memory = pool.array(images.shape, np.float32)
+    got, expected = to_float(images, out=memory), to_float(images)
+    assert torch.equal(got, expected) and got.stride() == expected.stride()
+    assert got.data_ptr() == address(memory)
+    with pytest.raises(ValueError, match="contiguous float32 of the images' shape"):
+        to_float(images, out=np.empty((5, 7, 6, 4), np.float32))
+    with pytest.raises(ValueError, match="contiguous float32"):
+        to_float(images, out=np.empty(images.shape, np.float64))

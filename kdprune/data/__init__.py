@@ -38,16 +38,26 @@ def load_dataset(name: str, split: str = "train", data_dir: str | None = None, *
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
-def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+def to_float(images: np.ndarray | torch.Tensor, out: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
     """uint8 ``[N, H, W, C]`` -> float32 ``[N, C, H, W]`` scaled to [-1, 1] (the models' input).
 
     One channel comes out contiguous NCHW, as FFCV's decode writes it (a permuted view of ``[N, H, W,
     1]`` has the same bytes but strides that also read as channels-last, and conv picks other kernels
     on them). Three channels keep the permuted view's channels-last strides (converted in the
-    images' own byte order): an NCHW copy took 2x as long on 32 px images (a transposing copy)."""
+    images' own byte order): an NCHW copy took 2x as long on 32 px images (a transposing copy).
+
+    ``out``: contiguous float32 memory of the images' shape ``[N, H, W, C]`` to write into (the loaders
+    pass memory they use again, ``loaders/recycle.py``); the result is then a view of it, with the
+    same values and strides as without."""
     x = torch.as_tensor(images)
+    if out is not None:
+        out = torch.as_tensor(out)
+        if out.shape != x.shape or out.dtype != torch.float32 or not out.is_contiguous():
+            raise ValueError(f"to_float(out=) takes contiguous float32 of the images' shape {tuple(x.shape)}, "
+                             f"got {out.dtype} {tuple(out.shape)}")
+        x = out.copy_(x)
     if x.shape[3] == 1:
         x = x.reshape(x.shape[0], 1, x.shape[1], x.shape[2])
     else:
         x = x.permute(0, 3, 1, 2)
-    return x.float().div_(127.5).sub_(1.0)
+    return (x if out is not None else x.float()).div_(127.5).sub_(1.0)

@@ -12,6 +12,7 @@ import torch
 from kdprune.data import Augment, to_float
 from kdprune.errors import DataError
 from kdprune.loaders.batch import Batch, check_ids, epoch_order, resolve_distributed
+from kdprune.loaders.recycle import BufferPool
 
 # Set once an FFCV or DALI loader has started native threads in this process (a later fork, such as
 # FFCV's writer workers, is then unsafe: see ffcv_backend.write_beton).
@@ -64,6 +65,7 @@ class KeptIdLoader:
         self.epoch = 0
         self._order = None  # (epoch, its order), the last one computed
         self.counter = ReadCounter(self.num_samples)
+        self._floats = None  # the recycle.BufferPool of _to_float
 
     @property
     def reads(self) -> int:
@@ -102,11 +104,22 @@ class KeptIdLoader:
 
     def _finish(self, images, labels, ids, view: int) -> Batch:
         """uint8 ``[B, H, W, C]`` -> float ``[B, C, H', W']`` in [-1, 1], with the replayed crop."""
-        x = to_float(images)
+        x = self._to_float(images)
         ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
         if self.augment is not None:
             x = self.augment.apply(x, view, ids)
         return self._to_device(x, labels, ids)
+
+    def _to_float(self, images) -> torch.Tensor:
+        """``to_float(images)`` into memory from the loader's pool, used again once the caller has let
+        go of the batch: a fresh batch above malloc's mmap threshold (32 MiB; 256 images of 256 px
+        are 200 MB) is mapped anew and page-faulted in every time (DALI's evaluation on 256 px JPEGs:
+        1729 -> 2673 samples/s)."""
+        n, h, w, c = images.shape
+        size = 4 * self.batch_size * h * w * c
+        if self._floats is None or self._floats.nbytes != size:
+            self._floats = BufferPool(size, keep=3)  # (the caller's batch, this one, one to spare)
+        return to_float(images, out=self._floats.array((n, h, w, c), np.float32))
 
     def _to_device(self, x: torch.Tensor, labels, ids) -> Batch:
         y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
