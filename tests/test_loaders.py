@@ -252,11 +252,14 @@ def test_ffcv_with_two_decode_threads_and_the_caller_decoding_too_serves_the_sam
 
 @pytest.mark.parametrize("backend,crop", [("ffcv", True), ("dali", True), ("ffcv", False), ("dali", False),
                                           ("torch", False)])
-def test_batches_go_into_memory_used_again_but_never_under_a_batch_still_held(backend, crop, data):
+def test_batches_go_into_memory_used_again_but_never_under_a_batch_still_held(backend, crop, data, monkeypatch):
     """Each batch goes into memory of batches the caller has let go of (fresh memory cost a page fault
     per 4 KiB: 2 ms a Fashion-MNIST batch on FFCV's decode thread, a third of the time of a batch of
     224 px crops): once an epoch has run, later epochs make no new buffers; and batches the caller
-    keeps, from an earlier epoch or as views, stay as they were. Training crops and plain batches."""
+    keeps, from an earlier epoch or as views, stay as they were. Training crops and plain batches.
+    (On the main thread only batches of recycle.FRESH_MAP_BYTES or more are pooled: here all are.)"""
+    from kdprune.loaders import recycle
+    monkeypatch.setattr(recycle, "FRESH_MAP_BYTES", 0)
     entry = data["arrays"]
     augment = Augment(seed=2, out_size=(20, 20)) if crop else None
     loader = build(backend, entry["source"], kept(600, 0.5, seed=4), path=entry.get(backend), workers=2,
@@ -273,8 +276,7 @@ def test_batches_go_into_memory_used_again_but_never_under_a_batch_still_held(ba
     loader.set_epoch(0)
     held = list(loader)  # every batch of epoch 0 kept: each needed a buffer of its own
     views = [b.x[:, 0, 3:] for b in held]
-    pool = {"ffcv": "_pool", "dali": "_crops" if crop else "_floats", "torch": "_floats"}[backend]
-    pool = getattr(loader, pool)
+    pool = loader._pool if backend == "ffcv" else loader._batches
     made = pool.made
     assert made >= len(held) == 19
     for epoch in (1, 2, 3, 4):
@@ -286,6 +288,17 @@ def test_batches_go_into_memory_used_again_but_never_under_a_batch_still_held(ba
     for batch, view in zip(held, views):
         torch.testing.assert_close(batch.x, expected(batch, 0), atol=1e-5 if crop else 0, rtol=0)
         assert view.data_ptr() == batch.x[:, 0, 3:].data_ptr() and torch.equal(view, batch.x[:, 0, 3:])
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_small_batches_on_the_main_thread_are_not_pooled(backend, data):
+    """Below recycle.FRESH_MAP_BYTES a batch made on the main thread comes from malloc, whose arena
+    keeps its pages and hands back the memory freed last, still in cache (a pool of the loader's own
+    made short epochs slower)."""
+    entry = data["arrays"]
+    for augment in (None, Augment(seed=2, out_size=(20, 20))):
+        loader = make(backend, entry, kept(600, 0.5), augment=augment, batch_size=16)
+        assert sum(len(b.ids) for b in loader) == 300 and loader._batches is None
 
 
 def test_ffcv_loaders_of_one_kind_share_their_compiled_decode(data):

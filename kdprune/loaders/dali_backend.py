@@ -24,7 +24,6 @@ import torch
 from kdprune.errors import DataError
 from kdprune.loaders.base import NATIVE_THREADS, KeptIdLoader
 from kdprune.loaders.converted import check_index_fingerprint, read_manifest, source_info, write_manifest
-from kdprune.loaders.recycle import BufferPool
 
 
 def write_dali(source, path: str) -> dict:
@@ -89,7 +88,6 @@ class DALILoader(KeptIdLoader):
         self._source = _BatchSource(self)
         self._pipe = None
         self._serving = None  # a token for the epoch being served
-        self._crops = None  # the recycle.BufferPool the training crops are cut into
 
     def read(self, ids):
         """The stored samples ``ids``, counted as read: a list of encoded JPEGs, or one raw array."""
@@ -151,19 +149,18 @@ class DALILoader(KeptIdLoader):
     def _finish(self, images, labels, ids, view):
         """The replayed crop straight from DALI's uint8 batch, by ``crop_kernel.crop_batch_into``
         (grid_sample's sampling, samples spread over numba's threads): no float copy of the whole
-        images is made first, which for 256 images of 256 px is 200 MB per batch. Each batch of crops
-        goes into memory from a pool, used again once the caller has let go of a batch: a fresh
-        154 MB batch (256 crops of 224 px) is mapped anew by malloc and page-faulted in every time."""
+        images is made first, which for 256 images of 256 px is 200 MB per batch. A large batch of crops
+        (256 of 224 px: 154 MB) goes into pooled memory (``_batch_memory``): fresh, it was mapped anew
+        by malloc and page-faulted in every time."""
         if self.augment is None:
             return super()._finish(images, labels, ids, view)
         from kdprune.loaders.crop_kernel import box_table, crop_batch_into
         n, height, width, channels = images.shape
         out_h, out_w = self.augment.out_size or (height, width)
-        if self._crops is None:  # (the caller's batch, the one cut now, and one to spare)
-            self._crops = BufferPool(4 * self.batch_size * channels * out_h * out_w, keep=3)
-        out = self._crops.array((n, channels, out_h, out_w), np.float32)
-        crop_batch_into(images, box_table(self.augment, view, ids, height, width), out)
-        return self._to_device(torch.from_numpy(out), labels, ids)
+        memory = self._batch_memory((n, channels, out_h, out_w))
+        out = torch.empty((n, channels, out_h, out_w), dtype=torch.float32) if memory is None else torch.from_numpy(memory)
+        crop_batch_into(images, box_table(self.augment, view, ids, height, width), out.numpy())
+        return self._to_device(out, labels, ids)
 
     def _as_arrays(self, images, labels, ids):
         try:
