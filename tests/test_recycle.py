@@ -17,14 +17,17 @@ def address(array) -> int:
     return array.__array_interface__["data"][0] if isinstance(array, np.ndarray) else array.data_ptr()
 
 
-@pytest.mark.parametrize("holder", ["array", "numpy view", "tensor", "tensor view"])
+HOLDERS = {"array": lambda a: a, "numpy view": lambda a: a[2:, 1:], "tensor": torch.from_numpy,
+           "tensor view": lambda a: torch.from_numpy(a)[1:].t()}
+
+
+@pytest.mark.parametrize("holder", list(HOLDERS))
 def test_memory_is_used_again_only_once_every_view_of_it_is_gone(holder):
     pool = BufferPool(4 * 6 * 5, keep=2)
     a = pool.array((6, 5), np.float32)
     a[:] = 7
     first = address(a)
-    held = {"array": lambda: a, "numpy view": lambda: a[2:, 1:],
-            "tensor": lambda: torch.from_numpy(a), "tensor view": lambda: torch.from_numpy(a)[1:].t()}[holder]()
+    held = HOLDERS[holder](a)
     del a
     b = pool.array((6, 5), np.float32)  # the first one is still held: fresh memory
     b[:] = -1
