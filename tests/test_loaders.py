@@ -276,7 +276,7 @@ def test_batches_go_into_memory_used_again_but_never_under_a_batch_still_held(ba
     loader.set_epoch(0)
     held = list(loader)  # every batch of epoch 0 kept: each needed a buffer of its own
     views = [b.x[:, 0, 3:] for b in held]
-    pool = loader._pool if backend == "ffcv" else loader._batches
+    pool = loader._batches
     made = pool.made
     assert made >= len(held) == 19
     for epoch in (1, 2, 3, 4):

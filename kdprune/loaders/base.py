@@ -67,7 +67,7 @@ class KeptIdLoader:
         self.epoch = 0
         self._order = None  # (epoch, its order), the last one computed
         self.counter = ReadCounter(self.num_samples)
-        self._batches = None  # the recycle.BufferPool of _batch_memory
+        self._batches = None  # the recycle.BufferPool of _batch_pool
 
     @property
     def reads(self) -> int:
@@ -106,27 +106,29 @@ class KeptIdLoader:
 
     def _finish(self, images, labels, ids, view: int) -> Batch:
         """uint8 ``[B, H, W, C]`` -> float ``[B, C, H', W']`` in [-1, 1], with the replayed crop."""
-        x = self._to_float(images)
+        x = to_float(images, out=self._batch_memory(images.shape))
         ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
         if self.augment is not None:
             x = self.augment.apply(x, view, ids)
         return self._to_device(x, labels, ids)
 
-    def _to_float(self, images) -> torch.Tensor:
-        """``to_float(images)``, into pooled memory when the batch is large (``_batch_memory``)."""
-        return to_float(images, out=self._batch_memory(images.shape))
+    def _batch_pool(self, sample_shape, keep: int = 3) -> recycle.BufferPool:
+        """The loader's pool of float32 batches of ``batch_size`` samples of ``sample_shape``, whose
+        memory is used again once the caller has let go of a batch (made anew for another shape);
+        ``keep``: the batches in flight at once (default: the caller's, the one being made, a spare)."""
+        nbytes = 4 * self.batch_size * math.prod(sample_shape)
+        if self._batches is None or self._batches.nbytes != nbytes:
+            self._batches = recycle.BufferPool(nbytes, keep=keep)
+        return self._batches
 
     def _batch_memory(self, shape) -> np.ndarray | None:
-        """Float32 memory for a batch of ``shape`` (``batch_size`` samples or fewer) from the loader's
-        pool, used again once the caller has let go of the batch; None (allocate as usual) below
-        ``recycle.FRESH_MAP_BYTES`` a full batch. A fresh batch above it is mapped anew and
-        page-faulted in every time (DALI on 256 px JPEGs: 1840 -> 2786 samples/s pooled)."""
-        nbytes = 4 * self.batch_size * math.prod(shape[1:])
-        if nbytes < recycle.FRESH_MAP_BYTES:
+        """Float32 memory for a batch of ``shape`` (``batch_size`` samples or fewer) made on the main
+        thread: from the loader's pool when a full batch is ``recycle.FRESH_MAP_BYTES`` or more, where
+        a fresh one is mapped anew and page-faulted in every time (DALI on 256 px JPEGs: 1840 -> 2786
+        samples/s pooled); None (allocate as usual) below it."""
+        if 4 * self.batch_size * math.prod(shape[1:]) < recycle.FRESH_MAP_BYTES:
             return None
-        if self._batches is None or self._batches.nbytes != nbytes:
-            self._batches = recycle.BufferPool(nbytes, keep=3)  # the caller's batch, this one, a spare
-        return self._batches.array(shape, np.float32)
+        return self._batch_pool(shape[1:]).array(shape, np.float32)
 
     def _to_device(self, x: torch.Tensor, labels, ids) -> Batch:
         y = torch.as_tensor(np.asarray(labels, dtype=np.int64))

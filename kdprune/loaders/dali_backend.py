@@ -157,8 +157,9 @@ class DALILoader(KeptIdLoader):
         from kdprune.loaders.crop_kernel import box_table, crop_batch_into
         n, height, width, channels = images.shape
         out_h, out_w = self.augment.out_size or (height, width)
-        memory = self._batch_memory((n, channels, out_h, out_w))
-        out = torch.empty((n, channels, out_h, out_w), dtype=torch.float32) if memory is None else torch.from_numpy(memory)
+        shape = (n, channels, out_h, out_w)
+        memory = self._batch_memory(shape)
+        out = torch.empty(shape, dtype=torch.float32) if memory is None else torch.from_numpy(memory)
         crop_batch_into(images, box_table(self.augment, view, ids, height, width), out.numpy())
         return self._to_device(out, labels, ids)
 

@@ -31,7 +31,6 @@ from kdprune.loaders.base import NATIVE_THREADS, KeptIdLoader
 from kdprune.loaders.crop_kernel import box_table
 from kdprune.loaders.converted import check_index_fingerprint, read_manifest, source_info, write_manifest
 from kdprune.loaders.ffcv_runner import EpochRunner
-from kdprune.loaders.recycle import BufferPool
 
 
 @contextmanager
@@ -200,8 +199,8 @@ def _image_decoder(raw: bool, augment: bool, layout: list):
     epoch of 10 % of the samples lasts ~9 ms) and reuses them within it, so each batch would have to
     be copied out (154 MB per batch of 256 crops; the last batch's copy, 0.14 s, was exposed at the
     end of every epoch). Each batch here is decoded into an array of its own, taken by
-    ``next_batch`` from the loader's ``recycle.BufferPool`` (memory of batches the caller has let go
-    of, already faulted in), and handed on as it is.
+    ``next_batch`` from the loader's pool (``KeptIdLoader._batch_pool``: memory of batches the caller
+    has let go of, already faulted in), and handed on as it is.
     The runner calls ``next_batch`` just before it runs the pipeline on a batch, on the same thread,
     and passes the buffers in; fetching them from inside the compiled code (an object-mode block)
     cost 30 us a batch, 12 % of the decode of 256 images of 28 px.
@@ -268,7 +267,6 @@ class FFCVLoader(KeptIdLoader):
         self._epoch = None  # the ffcv_runner.Epoch being served
         self._shared = None  # the _SharedLoader this loader's epochs run on
         self._runner = None  # the ffcv_runner.EpochRunner of this loader's FFCV Loader
-        self._pool = None  # the recycle.BufferPool the batches are decoded into
 
     def sample_layout(self, height: int, width: int, channels: int) -> tuple:
         """The shape ``(C, H', W')`` of one decoded float32 sample, given the stored images' size:
@@ -291,7 +289,7 @@ class FFCVLoader(KeptIdLoader):
         if scratch is None:  # (no batch is longer than batch_size)
             per_image = 0 if self.manifest["encoding"] == "raw" else int(np.prod(self.image_size)) * 3
             scratch = self._scratch.array = np.empty((self.batch_size, per_image), dtype=np.uint8)
-        batch = self._pool.array((len(ids), *self.sample_shape), np.float32)
+        batch = self._batches.array((len(ids), *self.sample_shape), np.float32)
         boxes = self._no_boxes if self.augment is None else box_table(self.augment, self._view, ids, *self.image_size)
         return boxes, batch, scratch
 
@@ -299,10 +297,10 @@ class FFCVLoader(KeptIdLoader):
         if self._runner is None:
             self._shared = shared = self._shared_loader()
             self.sample_layout(*shared.layout)
-            # every batch in memory of its own, used again once the caller has let go of that batch:
-            # enough for the batches decoded ahead, the one the caller holds and the two underway
-            self._pool = BufferPool(4 * self.batch_size * int(np.prod(self.sample_shape)),
-                                    keep=shared.loader.batches_ahead + 3)
+            # every batch in pooled memory, at every size (the decode threads' own malloc arenas give
+            # theirs back to the kernel): enough for the batches decoded ahead, the one the caller
+            # holds and the two underway. Made here, before any decode thread asks for it.
+            self._batch_pool(self.sample_shape, keep=shared.loader.batches_ahead + 3)
             self._labels = self._stored_labels(shared.loader.reader)
             # a weak reference: the runner's thread holds the callback, and a strong one would keep
             # a dropped loader (its arrays, its read counter, its thread) alive
