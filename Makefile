@@ -5,7 +5,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-TORCH_VERSION ?= 2.13.0
+TORCH_VERSION ?= 2.14.1
+TORCHVISION_VERSION ?= 0.29.1
 APT_PACKAGES := dataset-fashion-mnist pkg-config libopencv-dev libturbojpeg0-dev g++
 EXTRAS ?= dev,ffcv,dali,plot
 STAMP := $(VENV)/.kdprune-$(EXTRAS)
@@ -36,7 +37,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==$(TORCH_VERSION)
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PIP) install -q torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
 	$(PIP) install -q numpy tqdm ninja
 	$(PIP) install -q --no-build-isolation -e ".[$(EXTRAS)]"
 	touch $@
