@@ -6,10 +6,11 @@ import os
 
 
 @contextlib.contextmanager
-def atomic_open(path: str, mode: str = "w"):
-    """Open ``path`` for writing through a temporary sibling that replaces it only when the ``with``
-    block ends without an exception (after flush + fsync); on an exception the old file, if any, is
-    left as it was and the temporary is removed."""
+def atomic_open(path, mode: str = "w"):
+    """Open ``path`` (str or os.PathLike) for writing through a temporary sibling that replaces it only
+    when the ``with`` block ends without an exception (after flush + fsync); on an exception the old
+    file, if any, is left as it was and the temporary is removed."""
+    path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
