@@ -16,7 +16,7 @@ class DatasetId(NamedTuple):
 
     def __str__(self) -> str:
         fp = f"fingerprint {self.fingerprint[:16]}" if self.fingerprint else "no fingerprint"
-        return f"{self.name} ({fp})" if self.name else f"an unnamed dataset ({fp})"
+        return f"dataset {self.name} ({fp})" if self.name else f"an unnamed dataset ({fp})"
 
 
 def dataset_id(source) -> DatasetId:
@@ -47,8 +47,7 @@ def require_same(made_for, used_with, *, what: str, fix: str, missing_ok: bool =
     have, want = dataset_id(made_for), dataset_id(used_with)
     if have.fingerprint and want.fingerprint:
         if have.fingerprint != want.fingerprint:
-            raise ProvenanceError(f"{what} was made from dataset {have}, but it is used with dataset {want}; "
-                                  f"{fix}")
+            raise ProvenanceError(f"{what} was made from {have}, but it is used with {want}; {fix}")
     elif not missing_ok:
         raise ProvenanceError(f"{what} records no dataset fingerprint, so it cannot be checked against "
-                              f"dataset {want}; {fix}")
+                              f"{want}; {fix}")

@@ -13,7 +13,7 @@ import torch
 from kdprune.errors import StoreError
 from kdprune.store import format as fmt
 from kdprune.store.reader import TeacherStore
-from kdprune.store.writer import new_params
+from kdprune.store.format import new_params
 
 
 def describe_model(model: torch.nn.Module) -> dict:
@@ -48,7 +48,7 @@ def write_teacher_logits(model: torch.nn.Module, dataset, path: str, *, views: i
         augment = Augment()
     teacher = teacher if teacher is not None else describe_model(model)
     kwargs = dict(views=views, dtype=dtype, topk=topk, dataset_fingerprint=dataset.fingerprint,
-                  teacher=teacher, augment=augment)
+                  teacher=teacher, augment=augment, dataset_name=getattr(dataset, "name", None))
     existing = _existing(path, len(dataset), dataset.num_classes, kwargs)
     if existing is not None:
         return existing
@@ -82,6 +82,7 @@ def _existing(path: str, num_samples: int, num_classes: int, kwargs: dict) -> Te
     if not os.path.exists(path):
         return None
     store = TeacherStore.open(path)
+    kwargs = {k: v for k, v in kwargs.items() if k != "dataset_name"}  # a name, not a parameter
     want = new_params(num_samples, num_classes, chunk_rows=store.meta["chunk_rows"], **kwargs)
     diff = [k for k in fmt.PARAM_KEYS if store.meta.get(k) != want.get(k)]
     if diff:

@@ -9,6 +9,8 @@ A store is a directory::
 
 Each ``.bin`` file starts at offset 0, so a memory map of it is page-aligned. Rows are checksummed in
 chunks of ``chunk_rows`` samples per view (crc32), listed in the header; the header checksums itself.
+This module owns the format: the header (its keys, its checks, its atomic write) and the chunk
+checksums; the writer and the reader both use it and neither imports the other.
 """
 from __future__ import annotations
 
@@ -17,11 +19,13 @@ import math
 import os
 import sys
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from kdprune.atomic import atomic_open
 from kdprune.errors import StoreError
 
 FORMAT = "kdprune.teacher-store"
@@ -37,6 +41,9 @@ TOPK_FILL = -1.0e4
 # Checksum granularity: about 4 MiB of one file per chunk, so resume loses little and verify can run
 # chunks in parallel, while the header stays small (~650 chunks per view for ImageNet-1k fp16).
 CHUNK_BYTES = 1 << 22
+# ... and at most this many rows, so a store of narrow rows (10 classes: 4 MiB = 200k rows) still
+# commits its progress every few thousand rows and an interrupted writer loses little
+MAX_CHUNK_ROWS = 8192
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # numpy has no bfloat16: its raw bits are moved as uint16
@@ -89,7 +96,7 @@ class Layout:
 
 
 def default_chunk_rows(width: int, itemsize: int) -> int:
-    return max(1, CHUNK_BYTES // (width * itemsize))
+    return max(1, min(MAX_CHUNK_ROWS, CHUNK_BYTES // (width * itemsize)))
 
 
 def file_name(key: str) -> str:
@@ -108,19 +115,16 @@ def canonical(header: dict) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def dump_header(path: str, header: dict) -> None:
+def dump_header(path, header: dict) -> None:
     """Write ``header`` (adding its self-checksum) to ``path`` atomically and durably."""
     header = dict(header, header_crc32=zlib.crc32(canonical(header)))
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_open(path) as f:
         json.dump(header, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
-def load_header(directory: str) -> dict:
+def load_header(directory) -> dict:
     """Read and validate ``directory/header.json``: format, version, self-checksum, required keys."""
+    directory = os.fspath(directory)
     path = os.path.join(directory, HEADER)
     if not os.path.isdir(directory):
         raise StoreError(f"teacher store {directory} not found; create it with `kdprune logits` "
@@ -189,3 +193,51 @@ def check_files(directory: str, layout: Layout) -> None:
             raise StoreError(f"{path} is {what} ({size} bytes, the header implies {want} = "
                              f"{layout.views} views x {layout.num_samples} samples x {layout.row_bytes(key)} "
                              "bytes): the store is damaged; re-create it with `kdprune logits`")
+
+
+def crc_chunks(buffers: dict, layout: Layout, todo: list[tuple[int, int]]) -> dict:
+    """crc32 of each (view, chunk) in ``todo`` for every file: {(view, chunk): [crc per file]}.
+    ``buffers`` maps each file key to a buffer of the whole file. zlib releases the GIL on large
+    buffers, so a few threads checksum in parallel."""
+    keys = list(layout.files())
+
+    def one(vc):
+        out = []
+        for key in keys:
+            off, length = layout.chunk_span(key, *vc)
+            out.append(zlib.crc32(buffers[key][off:off + length]))
+        return vc, out
+
+    if len(todo) < 8:
+        return dict(map(one, todo))
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        return dict(pool.map(one, todo))
+
+
+def chunk_rows_text(layout: Layout, view: int, chunk: int) -> str:
+    """Which samples a chunk holds, in words: ``view 0 samples [8192, 16384)``."""
+    start = chunk * layout.chunk_rows
+    return f"view {view} samples [{start}, {min(start + layout.chunk_rows, layout.num_samples)})"
+
+
+def new_params(num_samples, num_classes, *, views, dtype, topk, dataset_fingerprint, teacher, augment,
+               chunk_rows, dataset_name=None) -> dict:
+    """The create() arguments as a checked, JSON-normalised header body."""
+    if dtype not in DTYPES:
+        raise StoreError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if augment is not None and not isinstance(augment, dict):
+        augment = augment.to_dict()
+    width = topk if topk is not None else num_classes
+    if chunk_rows is None and isinstance(width, int) and width > 0:
+        chunk_rows = default_chunk_rows(width, ITEMSIZE[dtype])
+    params = {"format": FORMAT, "version": VERSION, "num_samples": num_samples,
+              "num_classes": num_classes, "views": views, "dtype": dtype,
+              "layout": "dense" if topk is None else "topk", "k": topk, "chunk_rows": chunk_rows,
+              "dataset_fingerprint": dataset_fingerprint, "dataset": dataset_name, "teacher": teacher,
+              "augment": augment}
+    try:
+        params = json.loads(json.dumps(params))
+    except TypeError as err:
+        raise StoreError(f"teacher and augment must be JSON-serialisable ({err})") from err
+    check_params(params, where="TeacherStore.create")
+    return params

@@ -4,6 +4,12 @@ One read-only memory map per file per process, opened on first use and re-opened
 (the pid is checked), so a store object can be pickled to DataLoader workers and DDP ranks and every
 process shares the same page cache. Rows are copied out by ``torch.ops.kdprune.gather_rows``, a
 multi-threaded, bounds-checked C++ gather (``csrc/gather.cpp``).
+
+Integrity on use: no gather returns rows whose chunk checksum has not been checked. Each (view,
+chunk) is checked against the header the first time it is read (a bitmap, one bit per 4 MiB chunk);
+:meth:`TeacherStore.prefault` and :meth:`TeacherStore.verify` check every chunk at once. The bitmap
+travels with the object to DataLoader workers and DDP ranks, tied to the file's identity (device,
+inode, size, modification time): a file replaced or rewritten since is checked again.
 """
 from __future__ import annotations
 
@@ -17,7 +23,8 @@ import torch
 from kdprune.errors import ConfigError, StoreError
 from kdprune.store import format as fmt
 from kdprune.store import pages
-from kdprune.store.writer import StoreWriter, crc_chunks, new_params
+from kdprune.store.format import crc_chunks, new_params
+from kdprune.store.writer import StoreWriter
 
 
 class TeacherStore:
@@ -31,26 +38,33 @@ class TeacherStore:
         self._maps: dict = {}
         self._tensors: dict = {}
         self._prefault = False
+        # (view, chunk) checked against the header in this process (or in the one it came from)
+        self._checked = np.zeros((self.layout.views, self.layout.num_chunks), dtype=bool)
+        self._all_checked = False
+        self._identity = None
 
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str, num_samples: int, num_classes: int, *, views: int = 1, dtype: str = "float16",
+    def create(cls, path, num_samples: int, num_classes: int, *, views: int = 1, dtype: str = "float16",
                topk: int | None = None, dataset_fingerprint: str | None = None, teacher=None, augment=None,
-               chunk_rows: int | None = None, overwrite: bool = False) -> StoreWriter:
-        """A writer for a new store at ``path`` (or the resumption of ``path.partial`` when one with the
-        same arguments exists). ``topk=k`` keeps only the k largest logits of each row; ``augment`` (an
-        :class:`~kdprune.data.Augment`) records the augmentation the views were computed on;
-        ``teacher`` is any JSON-serialisable description."""
+               chunk_rows: int | None = None, overwrite: bool = False,
+               dataset_name: str | None = None) -> StoreWriter:
+        """A writer for a new store at ``path`` (str or os.PathLike; or the resumption of
+        ``path.partial`` when one with the same arguments exists). ``topk=k`` keeps only the k largest
+        logits of each row; ``augment`` (an :class:`~kdprune.data.Augment`) records the augmentation
+        the views were computed on; ``teacher`` is any JSON-serialisable description;
+        ``dataset_name`` names the dataset in provenance errors."""
         params = new_params(num_samples, num_classes, views=views, dtype=dtype, topk=topk,
                             dataset_fingerprint=dataset_fingerprint, teacher=teacher, augment=augment,
-                            chunk_rows=chunk_rows)
-        return StoreWriter(path, params, overwrite=overwrite)
+                            chunk_rows=chunk_rows, dataset_name=dataset_name)
+        return StoreWriter(path, params, overwrite=overwrite, opener=cls.open)
 
     @classmethod
-    def open(cls, path: str, expect_fingerprint: str | None = None) -> "TeacherStore":
-        """Open a published store. Checks the header (format, version, checksum) and the file sizes,
-        and, when ``expect_fingerprint`` is given, that the store was written for that dataset."""
-        path = os.path.abspath(str(path).rstrip("/"))
+    def open(cls, path, expect_fingerprint=None) -> "TeacherStore":
+        """Open a published store (``path`` str or os.PathLike). Checks the header (format, version,
+        checksum) and the file sizes, and, when ``expect_fingerprint`` is given (a fingerprint, or a
+        dataset), that the store was written for that dataset."""
+        path = os.path.abspath(os.fspath(path).rstrip("/"))
         header = fmt.load_header(path)
         if not header.get("complete") or "checksums" not in header:
             raise StoreError(f"{path} is an unfinished store; finish it by re-running the command that wrote it")
@@ -66,14 +80,26 @@ class TeacherStore:
             store.check_fingerprint(expect_fingerprint)
         return store
 
-    def check_fingerprint(self, expected: str) -> None:
-        have = self._header.get("dataset_fingerprint")
-        if have is None:
-            raise StoreError(f"{self.path} records no dataset fingerprint, so it cannot be checked against "
-                             f"dataset {expected}; re-create it with dataset_fingerprint set")
-        if have != expected:
-            raise StoreError(f"{self.path} was written for dataset {have}, not {expected}; recompute the "
-                             "teacher logits on this dataset with `kdprune logits`")
+    def check_fingerprint(self, expected) -> None:
+        """Raise ProvenanceError unless this store was written for dataset ``expected`` (a fingerprint,
+        a dataset, or anything :func:`kdprune.provenance.dataset_id` reads)."""
+        from kdprune.provenance import require_same
+
+        require_same(self.meta, expected, what=f"the teacher store {self.path}", missing_ok=False,
+                     fix=f"compute the teacher's logits on the dataset used here with `kdprune logits "
+                         f"--teacher TEACHER/model.pt --dataset ... --out NEW_STORE` {self.rebuild_hint()}")
+
+    def rebuild_hint(self) -> str:
+        """How this store was made, for error messages: its teacher checkpoint and dataset."""
+        teacher = self._header.get("teacher")
+        made = []
+        if isinstance(teacher, dict) and teacher.get("checkpoint"):
+            made.append(f"teacher {teacher['checkpoint']}")
+        if self._header.get("dataset"):
+            made.append(f"dataset {self._header['dataset']}")
+        aug = self._header.get("augment")
+        made.append(f"{self.views} view(s), " + ("augmented" if aug else "no augmentation"))
+        return "(this store was made from " + ", ".join(made) + ")"
 
     # -- properties ----------------------------------------------------------------------------------------
     @property
@@ -131,7 +157,21 @@ class TeacherStore:
             self._maps[key] = mm
             # one tensor per view, made here once: slicing one per gather costs ~2 us of a ~0.2 ms gather
             self._tensors[key] = flat.view(self.layout.shape()).unbind(0)
+        identity = self._file_identity()
+        if identity != self._identity:  # another file than the one checked before: check it again
+            self._checked[:] = False
+            self._all_checked = False
+            self._identity = identity
         self._pid = os.getpid()
+        if self._prefault and not self._all_checked:
+            self._check_chunks([(v, c) for v in range(self.layout.views) for c in range(self.layout.num_chunks)])
+
+    def _file_identity(self) -> tuple:
+        out = []
+        for key in self.layout.files():
+            st = os.stat(os.path.join(self.path, fmt.file_name(key)))
+            out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(out)
 
     def close(self) -> None:
         """Drop this process's maps (they are re-opened on the next gather)."""
@@ -151,7 +191,8 @@ class TeacherStore:
         return self
 
     def __getstate__(self):
-        return {"path": self.path, "_header": self._header, "layout": self.layout, "_prefault": self._prefault}
+        return {"path": self.path, "_header": self._header, "layout": self.layout, "_prefault": self._prefault,
+                "_checked": self._checked, "_all_checked": self._all_checked, "_identity": self._identity}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -171,6 +212,8 @@ class TeacherStore:
         ids = _ids_tensor(ids)
         out = self._out(out, len(ids), pin_memory)
         arrays = self._arrays()
+        if not self._all_checked:
+            self._check_ids(ids, int(view))
         gather_rows = torch.ops.kdprune.gather_rows
         try:
             if lay.k is None:
@@ -197,30 +240,46 @@ class TeacherStore:
         return out
 
     # -- integrity ---------------------------------------------------------------------------------------
+    def _check_ids(self, ids: torch.Tensor, view: int) -> None:
+        """Check the chunks ``ids`` fall in that this process has not checked yet (ids out of range are
+        left to the gather, which names them)."""
+        chunks = np.unique(ids.numpy() // self.layout.chunk_rows)
+        chunks = chunks[(chunks >= 0) & (chunks < self.layout.num_chunks)]
+        todo = chunks[~self._checked[view, chunks]]
+        if len(todo):
+            self._check_chunks([(view, int(c)) for c in todo])
+
+    def _check_chunks(self, todo: list) -> None:
+        """crc32 of each (view, chunk) in ``todo`` against the header; StoreError naming the damaged samples."""
+        buffers = {key: memoryview(mm) for key, mm in self._maps.items()}
+        try:
+            now = crc_chunks(buffers, self.layout, todo)
+        finally:
+            for b in buffers.values():
+                b.release()
+        sums = self._header["checksums"]
+        bad = [f"{fmt.file_name(key)} {fmt.chunk_rows_text(self.layout, *vc)}" for vc in todo
+               for key, crc in zip(self.layout.files(), now[vc]) if crc != sums[key][vc[0]][vc[1]]]
+        if bad:
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise StoreError(f"{self.path} is corrupted: checksum mismatch in {'; '.join(bad[:5])}{more}, so the "
+                             "teacher logits of those samples cannot be trusted and nothing was read from them. "
+                             f"Rebuild the store: delete {self.path} and re-run the `kdprune logits` command that "
+                             f"made it {self.rebuild_hint()}; `kdprune info {self.path}` lists every damaged chunk")
+        for view, chunk in todo:
+            self._checked[view, chunk] = True
+        if self._checked.all():
+            self._all_checked = True
+
     def verify(self) -> dict:
         """Recompute every chunk checksum; raise StoreError naming the damaged rows, else return a summary."""
         lay = self.layout
         fmt.check_files(self.path, lay)
-        buffers = {}
-        for key in lay.files():
-            with open(os.path.join(self.path, fmt.file_name(key)), "rb") as f:
-                buffers[key] = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
-        todo = [(v, c) for v in range(lay.views) for c in range(lay.num_chunks)]
-        now = crc_chunks(buffers, lay, todo)
-        bad = []
-        for vc in todo:
-            for key, crc in zip(lay.files(), now[vc]):
-                if crc != self._header["checksums"][key][vc[0]][vc[1]]:
-                    start = vc[1] * lay.chunk_rows
-                    bad.append(f"{fmt.file_name(key)} view {vc[0]} samples [{start}, "
-                               f"{min(start + lay.chunk_rows, lay.num_samples)})")
-        for b in buffers.values():
-            b.release()
-        if bad:
-            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-            raise StoreError(f"{self.path} is corrupted: checksum mismatch in {'; '.join(bad[:5])}{more}; "
-                             "re-create the store with `kdprune logits`")
-        return {"chunks": len(todo) * len(lay.files()),
+        self._arrays()
+        self._checked[:] = False
+        self._all_checked = False
+        self._check_chunks([(v, c) for v in range(lay.views) for c in range(lay.num_chunks)])
+        return {"chunks": len(self._checked.flat) * len(lay.files()),
                 "bytes": sum(lay.file_bytes(k) for k in lay.files())}
 
 

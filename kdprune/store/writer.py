@@ -13,18 +13,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import mmap
 import os
 import shutil
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from kdprune.errors import StoreError
 from kdprune.store import format as fmt
+from kdprune.store.format import crc_chunks
 
 PROGRESS = "progress.log"
 LOCK = "lock"
@@ -46,29 +45,15 @@ def disk_errors(where: str, need: int | None = None):
                          "what was written so far is kept and a re-run resumes") from err
 
 
-def crc_chunks(buffers: dict, layout: fmt.Layout, todo: list[tuple[int, int]]) -> dict:
-    """crc32 of each (view, chunk) in ``todo`` for every file: {(view, chunk): [crc per file]}.
-    zlib releases the GIL on large buffers, so a few threads checksum in parallel."""
-    keys = list(layout.files())
-
-    def one(vc):
-        out = []
-        for key in keys:
-            off, length = layout.chunk_span(key, *vc)
-            out.append(zlib.crc32(buffers[key][off:off + length]))
-        return vc, out
-
-    if len(todo) < 8:
-        return dict(map(one, todo))
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        return dict(pool.map(one, todo))
-
-
 class StoreWriter:
-    """Returned by :meth:`TeacherStore.create`; use as a context manager or call :meth:`close`."""
+    """Returned by :meth:`TeacherStore.create`; use as a context manager or call :meth:`close`.
 
-    def __init__(self, path: str, params: dict, overwrite: bool = False):
-        self.path = os.path.abspath(path.rstrip("/"))
+    ``opener`` (what :meth:`close` returns the published store through; TeacherStore.create passes
+    ``TeacherStore.open``) keeps this module free of the reader."""
+
+    def __init__(self, path, params: dict, overwrite: bool = False, opener=None):
+        self.path = os.path.abspath(os.fspath(path).rstrip("/"))
+        self._opener = opener
         self.partial = self.path + ".partial"
         self.params = params
         self.layout = fmt.layout_of(params)
@@ -238,9 +223,8 @@ class StoreWriter:
 
     # -- finishing -----------------------------------------------------------------------------------
     def close(self):
-        """Check completeness, verify, publish at ``path`` atomically; returns the opened store."""
-        from kdprune.store.reader import TeacherStore
-
+        """Check completeness, verify, publish at ``path`` atomically; returns the opened store (the
+        path when the writer was made without an opener)."""
         if self._closed:
             raise StoreError(f"the writer of {self.path} is already closed")
         try:
@@ -250,7 +234,7 @@ class StoreWriter:
         except BaseException:
             self._release()
             raise
-        return TeacherStore.open(self.path)
+        return self._opener(self.path) if self._opener else self.path
 
     def abort(self) -> None:
         """Stop writing but keep ``PATH.partial``, so that a later create() with the same arguments
@@ -265,7 +249,8 @@ class StoreWriter:
                 raise StoreError(
                     f"{len(miss)} of {self.layout.num_samples} samples of view {view} were never written "
                     f"(first ids: {miss[:5].tolist()}), so the store was not published; {self.partial} "
-                    "is kept: call TeacherStore.create with the same arguments and write writer.missing(view)")
+                    "is kept: re-run the same `kdprune logits` command to finish it (in Python: "
+                    "TeacherStore.create with the same arguments, then write writer.missing(view))")
 
     def _verify(self) -> None:
         todo = sorted(self._done)
@@ -329,10 +314,22 @@ class StoreWriter:
             self.close()
             return False
         self.abort()
-        if isinstance(exc, BaseException) and hasattr(exc, "add_note"):
-            exc.add_note(f"kdprune: the unfinished teacher store is kept at {self.partial}; "
-                         "TeacherStore.create with the same arguments resumes it")
+        saved = self.saved_text()
+        if isinstance(exc, KeyboardInterrupt):
+            exc.saved = saved  # the `kdprune` command prints it in its one line
+        elif hasattr(exc, "add_note"):
+            exc.add_note(f"kdprune: {saved}; re-running the same command (or TeacherStore.create with "
+                         "the same arguments) resumes it")
         return False
+
+    def saved_text(self) -> str:
+        """What an interrupted writer keeps, in words."""
+        done = int(self._written.sum()) if hasattr(self, "_written") else 0
+        rows = self.layout.chunk_rows
+        kept = sum(min(rows, self.layout.num_samples - c * rows) for _, c in self._done)
+        return (f"{kept} of {self.layout.views * self.layout.num_samples} teacher-logit rows are saved in "
+                f"{self.partial}" + (f" ({done - kept} more were written but not yet committed)"
+                                     if done > kept else ""))
 
 
 def _check_ids(ids, num_samples: int) -> np.ndarray:
@@ -375,25 +372,3 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def new_params(num_samples, num_classes, *, views, dtype, topk, dataset_fingerprint, teacher, augment,
-               chunk_rows) -> dict:
-    """The create() arguments as a checked, JSON-normalised header body."""
-    if dtype not in fmt.DTYPES:
-        raise StoreError(f"dtype must be one of {', '.join(fmt.DTYPES)}, got {dtype!r}")
-    if augment is not None and not isinstance(augment, dict):
-        augment = augment.to_dict()
-    width = topk if topk is not None else num_classes
-    if chunk_rows is None and isinstance(width, int) and width > 0:
-        chunk_rows = fmt.default_chunk_rows(width, fmt.ITEMSIZE[dtype])
-    params = {"format": fmt.FORMAT, "version": fmt.VERSION, "num_samples": num_samples,
-              "num_classes": num_classes, "views": views, "dtype": dtype,
-              "layout": "dense" if topk is None else "topk", "k": topk, "chunk_rows": chunk_rows,
-              "dataset_fingerprint": dataset_fingerprint, "teacher": teacher, "augment": augment}
-    try:
-        params = json.loads(json.dumps(params))
-    except TypeError as err:
-        raise StoreError(f"teacher and augment must be JSON-serialisable ({err})") from err
-    fmt.check_params(params, where="TeacherStore.create")
-    return params
