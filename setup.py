@@ -13,7 +13,9 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension
 here = os.path.dirname(os.path.abspath(__file__))
 sources = sorted(os.path.relpath(p, here) for p in glob.glob(os.path.join(here, "csrc", "*.cpp")))
 
-extra_compile_args = ["-O3", "-fopenmp", "-std=c++17"]
+# No -std flag: torch's BuildExtension adds the standard its own headers need (C++17 on older
+# releases, C++20 on torch 2.14), so the extension builds against the torch it is built with.
+extra_compile_args = ["-O3", "-fopenmp"]
 if os.environ.get("KDPRUNE_NATIVE_ARCH", "0") == "1":
     extra_compile_args.append("-march=native")
 
