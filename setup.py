@@ -2,7 +2,8 @@
 
 Each ``csrc/*.cpp`` registers its ops with ``TORCH_LIBRARY_FRAGMENT(kdprune, m)``, so adding a kernel
 never touches a central bindings file; ``csrc/module.cpp`` only gives Python a module to import.
-``kernels/`` (Triton) is installed as the subpackage ``kdprune.kernels``.
+``kernels/`` (Triton) is installed as the subpackage ``kdprune.kernels`` and ``benchmarks/`` (the scripts
+``kdprune bench`` runs) as ``kdprune.benchmarks``.
 """
 import glob
 import os
@@ -19,11 +20,11 @@ extra_compile_args = ["-O3", "-fopenmp"]
 if os.environ.get("KDPRUNE_NATIVE_ARCH", "0") == "1":
     extra_compile_args.append("-march=native")
 
-packages = find_packages(include=["kdprune", "kdprune.*"]) + ["kdprune.kernels"]
+packages = find_packages(include=["kdprune", "kdprune.*"]) + ["kdprune.kernels", "kdprune.benchmarks"]
 
 setup(
     packages=packages,
-    package_dir={"kdprune.kernels": "kernels"},
+    package_dir={"kdprune.kernels": "kernels", "kdprune.benchmarks": "benchmarks"},
     package_data={"kdprune.loss": ["alpha_fit.json"]},
     ext_modules=[
         CppExtension(

@@ -214,7 +214,7 @@ def main(argv=None) -> int:
             "speedup vs compile"]
     if any("GB/s over min bytes" in r for r in rows):
         cols += ["GB/s over min bytes", "fraction of peak", "fwd ms", "fwd fraction of peak"]
-    report("bench_loss", rows, cols, alpha=ALPHA, temperature=T,
+    report("loss", rows, cols, alpha=ALPHA, temperature=T,
            command="python benchmarks/bench_loss.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     return 0
 

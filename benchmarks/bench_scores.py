@@ -28,8 +28,8 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.harness import report  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import report  # noqa: E402
 
 
 def cpu_median(fn, repeat: int) -> float:
@@ -135,7 +135,7 @@ def main(argv=None):
                      "total_x_epoch": budget + sec / epoch})
     report("scores", rows, ["method", "train_epochs", "extra_cpu_s", "extra_x_epoch", "total_x_epoch"],
            dataset=ds.name, num_samples=n, width=args.width, batch_size=args.batch_size, threads=args.threads,
-           epoch_cpu_seconds=epoch, command="python benchmarks/bench_scores.py " + " ".join(argv or sys.argv[1:]))
+           epoch_cpu_seconds=epoch)
 
 
 if __name__ == "__main__":

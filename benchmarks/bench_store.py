@@ -9,7 +9,7 @@ Compared in the same run, on the same file:
 and against a plain memcpy of the same number of bytes (``torch`` ``copy_`` of a contiguous
 ``--batch``-row block at a random offset of the same mapping: the same memory, read sequentially).
 
-Targets (issue 4): >= 3x the numpy memmap gather, >= 60 % of the memcpy bandwidth, < 1 ms per
+Targets: >= 3x the numpy memmap gather, >= 60 % of the memcpy bandwidth, < 1 ms per
 1024 x 1000 fp16 batch. The store file lives in ``--dir`` (default /tmp, not the repository) and is
 deleted at the end unless ``--keep``. Each method is timed in ``--rounds`` interleaved rounds
 (median of ``--repeat`` batches each); the table gives the median over rounds, since the machine's
@@ -85,7 +85,7 @@ def main(argv=None):
     extra = {"samples": n, "classes": c, "batch": b, "file_gb": file_gb,
              "huge_page_share": huge, "verify_s": verify_s, "verify_gb_s": file_gb / verify_s, "build_s": built}
     print(f"\nverify (crc32 of every chunk, {file_gb:.2f} GB): {verify_s:.2f} s = {file_gb / verify_s:.2f} GB/s")
-    report("bench_store", rows, ["method", "ms_per_batch", "GB_s", "x_numpy", "frac_memcpy", "p90_ms"], **extra)
+    report("store", rows, ["method", "ms_per_batch", "GB_s", "x_numpy", "frac_memcpy", "p90_ms"], **extra)
 
 
 def run(store, path, n, c, b, args):
