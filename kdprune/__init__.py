@@ -22,6 +22,13 @@ _EXPORTS = {
     "save_scores": "kdprune.scores",
     "load_scores": "kdprune.scores",
     "RS2Sampler": "kdprune.scores.rs2",
+    "with_ids": "kdprune.dropin",
+    "KeptIdSampler": "kdprune.dropin",
+    "fingerprint": "kdprune.dropin",
+    "write_teacher_logits": "kdprune.logits",
+    "fit": "kdprune.train.loop",
+    "evaluate": "kdprune.train.loop",
+    "build_model": "kdprune.models",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -3,7 +3,12 @@
 A checkpoint is a directory-free single file pair: ``<path>`` holds the state dict (loaded with
 ``torch.load(weights_only=True)``) and ``<path>.json`` the spec (model name and keyword arguments),
 so loading never unpickles arbitrary objects. ``torchvision:NAME`` / ``timm:NAME`` build models from
-those libraries where they are installed (never needed on the CPU path).
+those libraries (randomly initialised: nothing is downloaded), behind a layer that converts kdprune's
+[-1, 1] inputs to the ImageNet normalisation their pretrained weights expect.
+
+>>> from kdprune.models import build_model
+>>> build_model("torchvision:resnet18", num_classes=10, in_channels=3)(torch.zeros(2, 3, 32, 32)).shape
+torch.Size([2, 10])
 """
 from __future__ import annotations
 
@@ -142,7 +147,12 @@ def model_kwargs(name: str, width: int, norm: str = "batch") -> dict:
 
 def build_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.Module:
     """Build a model by name: one of :data:`MODELS`, or ``torchvision:NAME`` / ``timm:NAME`` (behind an
-    :class:`ImageNetInput` layer, so pretrained weights get the input normalisation they expect)."""
+    :class:`ImageNetInput` layer, so pretrained weights get the input normalisation they expect).
+
+    >>> import kdprune
+    >>> kdprune.build_model("cnn", num_classes=10, in_channels=1, width=8)(torch.zeros(2, 1, 28, 28)).shape
+    torch.Size([2, 10])
+    """
     if name.startswith("torchvision:"):
         try:
             import torchvision
@@ -159,8 +169,11 @@ def build_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.M
             import timm
         except ImportError as err:
             raise ConfigError(f"--model {name} needs timm: pip install timm") from err
-        return _imagenet_input(timm.create_model(name.split(":", 1)[1], num_classes=num_classes,
-                                                 in_chans=in_channels, **kwargs))
+        arch = name.split(":", 1)[1]
+        if not timm.list_models(arch):
+            raise ConfigError(f"timm has no model {arch!r}; e.g. timm:resnet18, timm:vit_tiny_patch16_224 "
+                              "(timm.list_models() lists them)")
+        return _imagenet_input(timm.create_model(arch, num_classes=num_classes, in_chans=in_channels, **kwargs))
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}, "
                           "torchvision:NAME or timm:NAME")

@@ -28,7 +28,8 @@ def run(args):
     from kdprune.data import Augment
     from kdprune.errors import ConfigError
     from kdprune.models import load_model
-    from kdprune.store.fill import checkpoint_description, write_teacher_logits
+    from kdprune.logits import write_teacher_logits
+    from kdprune.store.fill import checkpoint_description
 
     if args.views < 1:
         raise ConfigError(f"--views must be >= 1, got {args.views}")
@@ -37,7 +38,7 @@ def run(args):
     augment = Augment(seed=args.augment_seed) if (args.views > 1 or args.augment) else None
     store = write_teacher_logits(model, dataset, args.out, views=args.views, augment=augment,
                                  batch_size=args.batch_size, dtype=args.dtype, topk=args.topk,
-                                 device=args.device, teacher=checkpoint_description(args.teacher),
+                                 device=args.device, description=checkpoint_description(args.teacher),
                                  progress=not args.no_progress)
     print(f"{store}: dataset {dataset.name} ({dataset.fingerprint})")
     return 0

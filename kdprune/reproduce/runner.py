@@ -111,7 +111,7 @@ class Reproduction:
             return self._stores[spec.name]
         from kdprune.models import load_model
         from kdprune.store import TeacherStore
-        from kdprune.store.fill import write_teacher_logits
+        from kdprune.logits import write_teacher_logits
         from kdprune.train import train_run
 
         tdir = os.path.join(self.out, "teachers", spec.name)

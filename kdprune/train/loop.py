@@ -59,7 +59,10 @@ def evaluate(model, loader, device="cpu", *, amp: str = "none", channels_last: b
              reduce: bool = True) -> dict:
     """Top-1 accuracy and mean cross-entropy of ``model`` over ``loader``; under DDP (``reduce``)
     each rank passes its own shard and the sums are added over ranks."""
+    from kdprune.dropin import as_batches
+
     device = torch.device(device)
+    loader = as_batches(loader, device, need_ids=False)  # a plain DataLoader of (x, y) too
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # correct, loss sum, count
@@ -78,6 +81,15 @@ def evaluate(model, loader, device="cpu", *, amp: str = "none", channels_last: b
     correct, loss, total = sums.tolist()
     model.train(was_training)
     return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1), "samples": int(total)}
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """One line for an epoch record: its training figures and, when it was evaluated, the test ones."""
+    line = (f"epoch {record['epoch'] + 1}/{epochs}: train loss {record['train_loss']:.4f}, "
+            f"accuracy {100 * record['train_accuracy']:.2f}%")
+    if "test_accuracy" in record:
+        line += f" | test loss {record['test_loss']:.4f}, accuracy {100 * record['test_accuracy']:.2f}%"
+    return line + f" ({record['time_s']:.1f} s)"
 
 
 class Trainer:
@@ -178,6 +190,7 @@ class Trainer:
                     cb.on_batch(epoch, batch.ids, logits.detach(), batch.y, out)
             micro += 1
             bar.update(1)
+            self._show_running(bar)
             if last:
                 self.step_in_epoch += 1
                 self._after_step(epoch, micro < n_micro)
@@ -274,6 +287,17 @@ class Trainer:
         self.history.epochs.append(record)
         self.history.samples_seen += int(count)
         self._log(record)
+        if self.progress and self.main:
+            tqdm.write(epoch_line(record, self.cfg.epochs))
+
+    def _show_running(self, bar) -> None:
+        """The running loss and accuracy on the progress bar, read back at most twice a second."""
+        if bar.disable or time.perf_counter() - getattr(self, "_shown", 0.0) < 0.5:
+            return
+        self._shown = time.perf_counter()
+        loss, correct, count = self.totals[:3].tolist()
+        bar.set_postfix(loss=f"{loss / max(count, 1):.4f}", acc=f"{100 * correct / max(count, 1):.1f}%")
+
 
     def _log(self, record: dict) -> None:
         if self.out_dir and self.main:
@@ -365,16 +389,39 @@ class Trainer:
             f.writelines(json.dumps(r) + "\n" for r in keep)
 
 
-def fit(model, loader, *, loss_fn, epochs: int | None = None, lr: float | None = None, teacher=None,
+def fit(model, loader, *, loss_fn=None, teacher=None, epochs: int | None = None, lr: float | None = None,
         optimizer: str | None = None, weight_decay: float | None = None, callbacks=(), device=None,
         eval_loader=None, progress: bool = True, desc: str = "train", config: TrainConfig | None = None,
         out_dir: str | None = None, resume: bool = False, num_samples: int | None = None,
         timing: bool = False, **options) -> History:
-    """Train ``model`` on ``loader`` with ``loss_fn`` (a :class:`kdprune.KDLoss`); a functional front to
-    :class:`Trainer`. ``config`` (a TrainConfig) gives every option; the keywords ``epochs``, ``lr``,
-    ``optimizer``, ``weight_decay``, ``device`` and any other TrainConfig field in ``options``
-    override it."""
-    cfg = config or TrainConfig(eval_every=1)  # without a config, evaluate after every epoch as before
+    """Train ``model`` on ``loader``, distilling ``teacher``; returns the :class:`History`.
+
+    ``loader``: a ``DataLoader`` over ``kdprune.with_ids(dataset)`` (typically with a
+    :class:`kdprune.KeptIdSampler` over a pruned subset), or a kdprune loader. ``teacher``: a
+    :class:`~kdprune.TeacherStore` (logits read by sample id, checked against the loader's dataset), an
+    ``nn.Module`` run on each batch, or None (cross-entropy only). ``loss_fn`` defaults to
+    :class:`kdprune.KDLoss` with ``alpha="auto"`` at the loader's keep fraction when there is a teacher,
+    plain cross-entropy without one. ``eval_loader`` (any DataLoader of ``(x, y)``) is evaluated after
+    every epoch. The progress bar shows the running loss and accuracy; each epoch's figures are printed.
+    ``config`` (a TrainConfig) gives every option; ``epochs``, ``lr``, ``optimizer``, ``weight_decay``,
+    ``device`` and any other TrainConfig field in ``options`` override it. ``device`` defaults to the
+    model's.
+
+    >>> import torch, kdprune
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> data = TensorDataset(torch.randn(64, 8), torch.arange(64) % 4)
+    >>> teacher = torch.nn.Linear(8, 4)
+    >>> loader = DataLoader(kdprune.with_ids(data), batch_size=16, sampler=kdprune.KeptIdSampler(range(0, 64, 2)))
+    >>> history = kdprune.fit(torch.nn.Linear(8, 4), loader, teacher=teacher, epochs=2, progress=False)
+    >>> [e["samples"] for e in history.epochs]
+    [32, 32]
+    """
+    from kdprune.dropin import as_batches, dataset_name, fingerprint, loader_dataset, loader_keep_fraction
+    from kdprune.train.teacher import as_teacher
+
+    if device is None and config is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    cfg = config or TrainConfig(eval_every=1)  # without a config, evaluate after every epoch
     given = {"epochs": epochs, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
              "device": None if device is None else str(device)}
     unknown = set(options) - set(cfg.as_dict())
@@ -383,6 +430,33 @@ def fit(model, loader, *, loss_fn, epochs: int | None = None, lr: float | None =
     cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None}, **options)
     if cfg.epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {cfg.epochs}")
-    trainer = Trainer(model, loader, loss_fn, cfg, teacher=teacher, eval_loader=eval_loader, callbacks=callbacks,
+    dataset = loader_dataset(loader)
+    teacher = as_teacher(teacher, device=cfg.device,
+                         dataset=None if dataset is None else (fingerprint(dataset), dataset_name(dataset)))
+    if getattr(teacher, "store", None) is not None and dataset is not None and teacher.store.num_samples != len(dataset):
+        raise ConfigError(f"the teacher store holds {teacher.store.num_samples} samples but the loader's dataset "
+                          f"has {len(dataset)}; write the store from this dataset with kdprune.write_teacher_logits")
+    if loss_fn is None:
+        loss_fn = _default_loss(teacher, loader_keep_fraction(loader), progress)
+    stored = getattr(teacher, "store", None) is not None
+    train = as_batches(loader, cfg.device, need_ids=stored or bool(num_samples))
+    evals = as_batches(eval_loader, cfg.device, need_ids=False) if eval_loader is not None else None
+    trainer = Trainer(model, train, loss_fn, cfg, teacher=teacher, eval_loader=evals, callbacks=callbacks,
                       out_dir=out_dir, progress=progress, desc=desc, num_samples=num_samples, timing=timing)
     return trainer.fit(resume=resume)
+
+
+def _default_loss(teacher, fraction: float | None, progress: bool):
+    """KD with the fitted alpha at the keep fraction when there is a teacher; cross-entropy without."""
+    from kdprune.loss import KDLoss
+
+    if teacher is None:
+        return KDLoss(alpha=0.0)
+    if fraction is None:
+        raise ConfigError("with a teacher and no loss_fn, fit() picks alpha from the keep fraction, which this "
+                          "loader does not tell; pass loss_fn=kdprune.KDLoss(alpha=..., temperature=...)")
+    loss = KDLoss(alpha="auto", keep_fraction=fraction)
+    if progress and dist.is_main():
+        tqdm.write(f"kdprune.fit: distilling with alpha {loss.alpha:.2f} (the fitted rule at keep fraction "
+                   f"{fraction:.3g}), temperature {loss.temperature:g}")
+    return loss

@@ -1,21 +1,27 @@
-"""Where the student's teacher logits come from: a :class:`~kdprune.TeacherStore` or a live module."""
+"""Where the student's teacher logits come from: a :class:`~kdprune.TeacherStore` or a live module.
+
+:func:`as_teacher` turns what a user passes as ``teacher=`` (a store, an ``nn.Module``, or one of the
+classes here) into the callable ``teacher(batch, epoch) -> logits`` the trainer calls.
+"""
 from __future__ import annotations
 
 import torch
 
-from kdprune.errors import StoreError
+from kdprune.errors import ConfigError, StoreError
 
 
 class StoredTeacher:
     """Teacher logits gathered by sample id from a store; epoch ``e`` reads view ``e % views``, the
-    view whose augmentation the loader replays for that epoch."""
+    view whose augmentation the loader replays for that epoch. ``dataset`` (a dataset, its
+    fingerprint, or a ``(fingerprint, name)`` pair) is checked against the dataset the store was
+    written for."""
 
-    def __init__(self, store, dataset_fingerprint: str | None = None, num_samples: int | None = None,
-                 num_classes: int | None = None):
-        fp = store.meta.get("dataset_fingerprint")
-        if dataset_fingerprint and fp and fp != dataset_fingerprint:
-            raise StoreError(f"the teacher store was written for dataset {fp}, but training uses "
-                             f"{dataset_fingerprint}; recompute it with `kdprune logits`")
+    def __init__(self, store, dataset=None, num_samples: int | None = None, num_classes: int | None = None):
+        from kdprune.provenance import require_same
+
+        require_same(store, dataset, what=f"the teacher store {store.path}",
+                     fix="recompute the teacher logits on this dataset (kdprune.write_teacher_logits or "
+                         "`kdprune logits`)")
         if num_samples is not None and store.num_samples != num_samples:
             raise StoreError(f"the teacher store holds {store.num_samples} samples but the dataset has "
                              f"{num_samples}; recompute it with `kdprune logits`")
@@ -52,3 +58,26 @@ class OnlineTeacher:
     @torch.no_grad()
     def __call__(self, batch, epoch: int) -> torch.Tensor:
         return self.module(batch.x)
+
+
+def as_teacher(teacher, *, device=None, dataset=None):
+    """The trainer's teacher for what a user passes: None (no distillation), a
+    :class:`~kdprune.TeacherStore` (read by sample id; checked against ``dataset`` when given), an
+    ``nn.Module`` (run on each batch: an :class:`OnlineTeacher`, moved to ``device``), or a
+    :class:`StoredTeacher` / :class:`OnlineTeacher` as it is.
+
+    >>> import torch
+    >>> from kdprune.train.teacher import as_teacher
+    >>> type(as_teacher(torch.nn.Linear(4, 2))).__name__
+    'OnlineTeacher'
+    """
+    if teacher is None or isinstance(teacher, (StoredTeacher, OnlineTeacher)):
+        return teacher
+    from kdprune.store import TeacherStore
+
+    if isinstance(teacher, TeacherStore):
+        return StoredTeacher(teacher, dataset)
+    if isinstance(teacher, torch.nn.Module):
+        return OnlineTeacher(teacher.to(device) if device is not None else teacher)
+    raise ConfigError(f"teacher must be a TeacherStore (kdprune.write_teacher_logits), an nn.Module or None, "
+                      f"got {type(teacher).__name__}")

@@ -1,0 +1,155 @@
+"""The teacher -> store step: a teacher's logits for every sample (and every augmented view) of a
+dataset, computed once into a :class:`~kdprune.TeacherStore`.
+
+Any ``nn.Module`` and any map-style dataset whose item is ``(x, y, ...)`` (a torchvision dataset with a
+``ToTensor`` transform, a Hugging Face dataset in torch format, your own class), or a kdprune dataset.
+Resumable: an interrupted call leaves ``PATH.partial``, and calling again with the same arguments
+computes only the rows not committed yet. A store already published at ``PATH`` with the same
+parameters is returned as it is.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from kdprune.dropin import WithIds, dataset_name, fingerprint
+from kdprune.errors import DataError, StoreError
+from kdprune.store import TeacherStore
+from kdprune.store import format as fmt
+from kdprune.store.fill import describe_model
+
+__all__ = ["write_teacher_logits"]
+
+
+@torch.no_grad()
+def write_teacher_logits(teacher: torch.nn.Module, dataset, path, *, views: int = 1, augment=None,
+                         batch_size: int = 256, device="cpu", dtype: str = "float16", topk: int | None = None,
+                         num_classes: int | None = None, workers: int = 0, description: dict | None = None,
+                         dataset_fingerprint: str | None = None, chunk_rows: int | None = None,
+                         progress: bool = True) -> TeacherStore:
+    """Run ``teacher`` over every sample of ``dataset`` and store its logits at ``path``; returns the
+    opened store (``store.gather(ids)`` reads them back by sample id).
+
+    ``views > 1`` stores the teacher's output on that many augmented views of each sample (view ``v`` of
+    sample ``i``: ``augment.apply(x, v, [i])``, default :class:`~kdprune.data.Augment`); a training run
+    replays view ``epoch % views``. ``dtype`` (``float16``, ``bfloat16``, ``float32``) and ``topk`` (keep
+    the k largest logits per sample) set the store's size. ``num_classes`` defaults to the dataset's
+    ``num_classes`` or the width of the teacher's output. ``workers``: DataLoader processes reading a
+    dataset that is not held in memory. ``description``: a JSON description of the teacher recorded in
+    the store (default: its class and a hash of its weights, so a resume with other weights is
+    refused). ``dataset_fingerprint`` defaults to :func:`kdprune.fingerprint` of the dataset.
+
+    >>> import tempfile, torch, kdprune
+    >>> data = torch.utils.data.TensorDataset(torch.randn(50, 3, 8, 8), torch.arange(50) % 10)
+    >>> teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10))
+    >>> store = kdprune.write_teacher_logits(teacher, data, tempfile.mkdtemp() + "/logits", progress=False)
+    >>> store.gather(torch.tensor([0, 7])).shape
+    torch.Size([2, 10])
+    """
+    from kdprune.data import Augment
+
+    path = os.fspath(path)
+    if views < 1:
+        raise StoreError(f"views must be >= 1, got {views}")
+    if batch_size < 1:
+        raise StoreError(f"batch_size must be >= 1, got {batch_size}")
+    if augment is None and views > 1:
+        augment = Augment()
+    source = dataset.dataset if isinstance(dataset, WithIds) else dataset
+    teacher = teacher.to(device).eval()
+    fp = dataset_fingerprint or fingerprint(source)
+    kwargs = dict(views=views, dtype=dtype, topk=topk, dataset_fingerprint=fp, dataset_name=dataset_name(source),
+                  teacher=description if description is not None else describe_model(teacher), augment=augment)
+    inputs = _Inputs(source, workers)
+    if num_classes is None:
+        num_classes = getattr(source, "num_classes", None) or _output_width(teacher, inputs, device)
+    existing = _published(path, len(source), num_classes, chunk_rows, kwargs)
+    if existing is not None:
+        return existing
+    writer = TeacherStore.create(path, len(source), num_classes, chunk_rows=chunk_rows, **kwargs)
+    with writer:
+        todo = [(v, writer.missing(v)) for v in range(views)]
+        bar = _bar(sum(len(ids) for _, ids in todo), progress, resumed=writer.resumed, name=kwargs["dataset_name"])
+        for view, ids in todo:
+            for batch, x in inputs.batches(ids, batch_size):
+                x = x.to(device)
+                if augment is not None:
+                    x = augment.apply(x, view, batch)
+                writer.write(batch, teacher(x).float().cpu(), view=view)
+                bar.update(len(batch))
+        bar.close()
+    return TeacherStore.open(path, expect_fingerprint=fp)
+
+
+class _Inputs:
+    """The teacher's input batches of given ids: a kdprune dataset is indexed (in memory) or decoded
+    (a JPEG folder) directly; any other dataset is read through a DataLoader over those ids."""
+
+    def __init__(self, dataset, workers: int):
+        self.dataset, self.workers = dataset, int(workers)
+
+    def first(self) -> torch.Tensor:
+        return next(self.batches(np.arange(1), 1))[1]
+
+    def batches(self, ids: np.ndarray, batch_size: int):
+        from kdprune.data import to_float
+
+        ds = self.dataset
+        if hasattr(ds, "images") and hasattr(ds, "fingerprint"):  # ArrayDataset
+            for start in range(0, len(ids), batch_size):
+                batch = ids[start:start + batch_size]
+                yield batch, to_float(ds.images[batch])
+            return
+        if hasattr(ds, "decode") and hasattr(ds, "fingerprint"):  # FolderDataset
+            for start in range(0, len(ids), batch_size):
+                batch = ids[start:start + batch_size]
+                yield batch, to_float(np.stack([ds.decode(int(i)) for i in batch]))
+            return
+        slices = [ids[s:s + batch_size].tolist() for s in range(0, len(ids), batch_size)]
+        loader = torch.utils.data.DataLoader(WithIds(ds), batch_sampler=slices, num_workers=self.workers,
+                                             collate_fn=_collate_inputs)
+        for x, batch in loader:
+            yield batch, x
+
+
+def _collate_inputs(items):
+    """Stack the inputs of a batch (the labels are not needed) and keep its ids."""
+    xs = [item[0] for item in items]
+    if not all(isinstance(x, torch.Tensor) for x in xs):
+        kind = type(next(x for x in xs if not isinstance(x, torch.Tensor))).__name__
+        raise DataError(f"the dataset's inputs are {kind}, not tensors; give the dataset a transform that "
+                        "makes tensors (for torchvision: transform=torchvision.transforms.ToTensor())")
+    if len({tuple(x.shape) for x in xs}) > 1:
+        raise DataError(f"inputs of different shapes {sorted({tuple(x.shape) for x in xs})[:3]} in one batch; "
+                        "resize them to one shape in the dataset's transform")
+    return torch.stack(xs), np.asarray([item[2] for item in items], dtype=np.int64)
+
+
+def _output_width(teacher, inputs: _Inputs, device) -> int:
+    out = teacher(inputs.first().to(device))
+    if out.ndim != 2:
+        raise StoreError(f"the teacher's output has shape {tuple(out.shape)}; a teacher must return logits "
+                         "[batch, num_classes]")
+    return int(out.shape[1])
+
+
+def _published(path: str, num_samples: int, num_classes: int, chunk_rows, kwargs: dict) -> TeacherStore | None:
+    """The store published at ``path`` when it was made with these parameters; an error when it was not."""
+    if not os.path.exists(path):
+        return None
+    store = TeacherStore.open(path)
+    want = fmt.new_params(num_samples, num_classes, chunk_rows=chunk_rows or store.meta["chunk_rows"], **kwargs)
+    diff = [k for k in fmt.PARAM_KEYS if store.meta.get(k) != want.get(k)]
+    if diff:
+        raise StoreError(f"a different teacher store already exists at {path} (differs in {', '.join(diff)}); "
+                         "delete it or choose another output path")
+    return store
+
+
+def _bar(total: int, enabled: bool, resumed: bool, name: str):
+    from tqdm.auto import tqdm
+
+    desc = f"teacher logits on {name}" + (" (resumed)" if resumed else "")
+    return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, dynamic_ncols=True)
