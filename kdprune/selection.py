@@ -45,18 +45,22 @@ class IndexSet:
     def __repr__(self) -> str:
         return f"IndexSet({len(self)} ids, method={self.meta.get('method')!r}, fraction={self.meta.get('fraction')})"
 
-    def check_dataset(self, num_samples: int, fingerprint: str | None = None) -> "IndexSet":
-        """Raise if this set was made for another dataset (size or fingerprint); return self."""
-        mine = self.meta.get("dataset_fingerprint")
-        if fingerprint and mine and mine != fingerprint:
-            raise DataError(f"this IndexSet was made for dataset {mine}, not {fingerprint}; "
-                            "re-run `kdprune prune` on this dataset")
+    def check_dataset(self, num_samples: int, fingerprint: str | None = None, *,
+                      name: str | None = None) -> "IndexSet":
+        """Raise if this set was made for another dataset (size or fingerprint; ``name`` names the
+        dataset in the error); return self."""
+        from kdprune.provenance import require_same
+
+        require_same(self.meta, (fingerprint, name), what=f"the subset {getattr(self, 'stem', None) or '(IndexSet)'}",
+                     fix="prune this dataset with `kdprune prune --dataset ...`, or use the subset's dataset")
         if self.ids.size and self.ids[-1] >= num_samples:
             raise DataError(f"IndexSet id {self.ids[-1]} is out of range for a dataset of {num_samples} samples")
         return self
 
-    def save(self, stem: str) -> None:
-        """Write ``stem.npy`` (the ids) and ``stem.json`` (the meta), each atomically."""
+    def save(self, stem) -> None:
+        """Write ``stem.npy`` (the ids) and ``stem.json`` (the meta), each atomically (``stem`` str or
+        os.PathLike)."""
+        stem = os.fspath(stem)
         with atomic_open(stem + ".npy", "wb") as f:
             np.save(f, self.ids)
         meta = {**self.meta, "count": len(self)}
@@ -64,8 +68,10 @@ class IndexSet:
             json.dump(meta, f, indent=2)
 
     @classmethod
-    def load(cls, stem: str) -> "IndexSet":
-        """Read an IndexSet written by :meth:`save` (``stem`` with or without ``.npy``/``.json``)."""
+    def load(cls, stem) -> "IndexSet":
+        """Read an IndexSet written by :meth:`save` (``stem`` with or without ``.npy``/``.json``; str or
+        os.PathLike)."""
+        stem = os.fspath(stem)
         stem = stem[:-4] if stem.endswith((".npy", ".json")) and not stem.endswith(".json") else stem
         stem = stem[:-5] if stem.endswith(".json") else stem
         for ext in (".npy", ".json"):
@@ -79,7 +85,9 @@ class IndexSet:
             raise DataError(f"IndexSet {stem} is unreadable ({err}); re-run `kdprune prune`") from err
         if meta.get("count", len(ids)) != len(ids):
             raise DataError(f"IndexSet {stem}: the JSON says {meta['count']} ids but the .npy holds {len(ids)}")
-        return cls(ids, meta)
+        index = cls(ids, meta)
+        index.stem = stem
+        return index
 
 
 def class_quotas(labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,18 +123,31 @@ def _check_prune_scores(scores) -> np.ndarray:
     return check_scores(getattr(scores, "scores", scores), dtype=np.float64)  # a ScoreFile or an array
 
 
-def prune(scores=None, fraction: float = 1.0, *, mode: str = "random", labels=None,
+def prune(scores=None, fraction: float = 1.0, *, mode: str | None = None, labels=None,
           class_balanced: bool = False, seed: int = 0, dataset_fingerprint: str | None = None,
           method: str | None = None, beta: float | None = None, strata: int = 50) -> IndexSet:
     """Keep ``round(fraction * N)`` ids.
 
-    ``mode``: ``"random"`` (seeded; ``scores`` may be None, N from ``labels``), ``"hardest"`` (highest
-    scores: scores are oriented so that higher means harder), ``"easiest"`` (lowest), or ``"ccs"``
+    ``mode`` (case-insensitive): ``"hardest"`` (the default with scores: the highest scores, oriented
+    so that higher means harder, as `kdprune prune` does), ``"easiest"`` (lowest), ``"ccs"``
     (coverage-centric stratified sampling, :func:`kdprune.scores.ccs.ccs_select`, with hard cut-off
-    ``beta`` and ``strata`` bins). ``class_balanced`` keeps each class's share equal (within one).
-    Ties between equal scores are broken by a seeded random key, never by id.
+    ``beta`` and ``strata`` bins), or ``"random"`` (the default without scores; seeded, N from
+    ``labels``). ``class_balanced`` keeps each class's share equal (within one). Ties between equal
+    scores are broken by a seeded random key, never by id.
+
+    ``scores`` may be a ScoreFile (from :func:`kdprune.load_scores`): its method and dataset
+    fingerprint go into the IndexSet's meta (``scores_method``, ``scores_fingerprint``), and a
+    ``dataset_fingerprint`` given as well must match it.
     """
     fraction = check_fraction(fraction)
+    mode = ("hardest" if scores is not None else "random") if mode is None else str(mode).lower()
+    smeta = getattr(scores, "meta", None) if scores is not None else None
+    smeta = smeta if isinstance(smeta, dict) else {}
+    if smeta.get("dataset_fingerprint"):
+        from kdprune.provenance import require_same
+        require_same(smeta, dataset_fingerprint, what=f"the {smeta.get('method', '')} scores",
+                     fix="compute the scores on this dataset with `kdprune score --dataset ...`")
+        dataset_fingerprint = dataset_fingerprint or smeta["dataset_fingerprint"]
     if scores is None and labels is None:
         raise ConfigError("prune needs scores, or labels for random pruning (to know N)")
     if scores is not None:
@@ -162,7 +183,13 @@ def prune(scores=None, fraction: float = 1.0, *, mode: str = "random", labels=No
         ids = _class_balanced_take(order, labels, k)
     else:
         ids = order[:k]
+    if smeta.get("method") and not method:
+        method = f"{smeta['method']}-{mode}"
     meta = {"method": method or mode, "mode": mode, "fraction": fraction, "seed": seed,
             "class_balanced": bool(class_balanced), "num_samples": n,
             "dataset_fingerprint": dataset_fingerprint, **extra}
+    if smeta:
+        meta.update({"scores_method": smeta.get("method"), "scores_fingerprint": smeta.get("dataset_fingerprint")})
+        if smeta.get("dataset") and "dataset" not in meta:
+            meta["dataset"] = smeta["dataset"]
     return IndexSet(ids, meta)

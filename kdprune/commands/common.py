@@ -3,13 +3,13 @@ from kdprune.catalog import DATASETS
 
 
 def add_data_args(p):
-    p.add_argument("--dataset", default="fashion-mnist", choices=(*DATASETS, "folder"),
-                   help="'folder': JPEG folders by class, --data-dir ROOT holding ROOT/train/<class>/*.jpg "
+    p.add_argument("--dataset", default="fashion-mnist", type=str.lower, choices=(*DATASETS, "folder"),
+                   help="dataset (default fashion-mnist); 'folder': JPEG folders by class, --data-dir ROOT holding ROOT/train/<class>/*.jpg "
                         "and ROOT/val/<class>/*.jpg (the ImageNet layout)")
     p.add_argument("--data-dir", default=None,
                    help="dataset folder (Fashion-MNIST default: /usr/share/datasets/fashion-mnist)")
     p.add_argument("--synthetic-samples", type=int, default=2000,
-                   help="training-set size of --dataset synthetic")
+                   help="training-set size of --dataset synthetic (default 2000; the test set is a sixth)")
 
 
 def load_from_args(args, split="train"):

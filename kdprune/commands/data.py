@@ -5,7 +5,7 @@ from kdprune.commands.common import add_data_args
 def register(sub):
     p = sub.add_parser("data", help="validate a dataset and print its summary and fingerprint")
     add_data_args(p)
-    p.add_argument("--split", default="train", choices=("train", "test"))
+    p.add_argument("--split", default="train", choices=("train", "test"), help="which split (default train)")
     p.set_defaults(func=run)
 
 

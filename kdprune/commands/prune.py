@@ -11,14 +11,15 @@ def register(sub):
     src.add_argument("--scores", metavar="STEM", help="a score file from `kdprune score`")
     src.add_argument("--random", action="store_true", help="random subset (no scores)")
     p.add_argument("--fraction", type=float, required=True, help="keep fraction f in (0, 1]")
-    p.add_argument("--mode", default=None, choices=("hardest", "easiest", "ccs", "random"),
+    p.add_argument("--mode", default=None, type=str.lower, choices=("hardest", "easiest", "ccs", "random"),
                    help="which samples to keep (default: hardest with --scores, random with --random)")
     p.add_argument("--class-balanced", action="store_true", help="equal share per class (within one)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random choice and of tie-breaks (default 0)")
     p.add_argument("--beta", type=float, default=None,
                    help="ccs: hard cut-off fraction (default: the CCS paper's value for the fraction)")
     p.add_argument("--strata", type=int, default=50, help="ccs: number of score strata (default 50)")
-    p.add_argument("--out", required=True, metavar="STEM", help="output path without extension")
+    p.add_argument("--out", required=True, metavar="STEM",
+                   help="output path without extension (STEM.npy + STEM.json; an existing one is replaced)")
     p.set_defaults(func=run)
 
 
@@ -37,11 +38,12 @@ def run(args):
     scores, method = None, "random"
     if args.scores:
         from kdprune.scores import load_scores
-        scores, smeta = load_scores(args.scores, expect_fingerprint=ds.fingerprint, expect_num_samples=len(ds))
-        method = f"{smeta.get('method', 'scores')}-{mode}"
+        scores = load_scores(args.scores, expect_fingerprint=ds.fingerprint, expect_num_samples=len(ds))
+        method = f"{scores.meta.get('method', 'scores')}-{mode}"
     index = prune(scores, fraction, mode=mode, labels=ds.labels, class_balanced=args.class_balanced,
                   seed=args.seed, dataset_fingerprint=ds.fingerprint, method=method,
                   beta=args.beta, strata=args.strata)
+    index.meta["dataset"] = ds.name
     if args.scores:
         index.meta["scores"] = args.scores
     index.save(args.out)

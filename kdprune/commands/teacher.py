@@ -2,7 +2,7 @@
 it as OUT/model.pt (+ model.pt.json) for `kdprune logits`."""
 from __future__ import annotations
 
-from kdprune.commands.train import add_config_args, add_source_args
+from kdprune.commands.train import add_config_args, add_out_args, add_source_args
 
 
 def register(sub):
@@ -12,17 +12,19 @@ def register(sub):
                                    "Runs under torchrun for DDP.")
     add_source_args(p)
     p.add_argument("--out", metavar="DIR", required=True, help="output directory (model.pt, metrics.json)")
-    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt if it exists")
-    p.add_argument("--timing", action="store_true", help="split the step time into its phases")
+    add_out_args(p)
+    p.add_argument("--timing", action="store_true",
+                   help="split the step time into data, forward, loss, backward+step (syncs the device)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_config_args(p, skip=("alpha", "temperature", "teacher"))
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from kdprune.commands.train import _train, config_from_args, load_sources
+    from kdprune.commands.train import check_out, config_from_args, load_sources, run_training
 
     cfg = config_from_args(args, alpha=0.0)
+    if not check_out(args):
+        return 0
     train_set, test_set = load_sources(args)
-    code = _train(cfg, train_set, test_set, None, store=None, keep_fraction=1.0, args=args, desc="teacher")
-    return code
+    return run_training(cfg, train_set, test_set, None, store=None, keep_fraction=1.0, args=args, desc="teacher")

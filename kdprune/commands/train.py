@@ -15,7 +15,12 @@ from kdprune.commands.common import add_data_args
 # flag help for the options whose name alone does not say enough
 _HELP = {
     "batch_size": "global batch per optimizer step (split over ranks and accumulation steps)",
-    "alpha": "weight of the distillation term in [0, 1], or 'auto' (from the keep fraction)",
+    "alpha": "weight of the distillation term in [0, 1], or 'auto' (from the keep fraction); "
+             "unset: 'auto' when the run has a teacher (--store / --teacher-model), 0 without one",
+    "augment": "random-resized-crop augmentation; unset: replay the --store's views (as `kdprune logits` "
+               "made them), on without a store",
+    "checkpoint_minutes": "minutes between checkpoints inside an epoch, so Ctrl-C or a crash loses little "
+                          "(0: only --checkpoint-every and epoch ends)",
     "temperature": "distillation temperature T > 0",
     "amp": "autocast dtype: none, bf16 or fp16 (fp16 adds a GradScaler)",
     "compile": "torch.compile the model: true/false or a backend (inductor, aot_eager)",
@@ -30,6 +35,8 @@ _HELP = {
     "checkpoint_every": "optimizer steps between mid-epoch checkpoints (0: at epoch ends)",
     "log_every": "optimizer steps between metrics.jsonl step records (0: epochs only)",
     "eval_every": "epochs between test evaluations (0: after the last only)",
+    "rs2": "RS2: train each epoch on a fresh random FRACTION of the data, without replacement across epochs "
+           "(0 = off; not with --subset; with --store and no --alpha, alpha is 'auto' at FRACTION)",
 }
 
 
@@ -97,6 +104,41 @@ def load_sources(args):
     return load_from_args(args, "train"), load_from_args(args, "test")
 
 
+def add_out_args(p) -> None:
+    """--resume / --overwrite: what to do with an --out that holds a run already."""
+    p.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run in --out from its checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out that holds a finished or unfinished run (deletes its "
+                        "checkpoint and metrics)")
+    p.set_defaults(resume_flag="--resume")
+
+
+def check_out(args) -> bool:
+    """Before anything is loaded: False when --out holds a finished run (said so; nothing to do); an
+    error when it holds an unfinished one and neither --resume nor --overwrite was given."""
+    import json
+    import os
+
+    from kdprune.errors import ConfigError
+    from kdprune.train.checkpoint import FILENAME, METRICS, describe, run_state
+
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite starts it over: pass one")
+    state = run_state(args.out)
+    if state == "finished" and not args.overwrite:
+        with open(os.path.join(args.out, METRICS)) as f:
+            acc = json.load(f).get("test_accuracy", float("nan"))
+        print(f"{args.out} holds a finished run (test accuracy {acc:.4f}, see {args.out}/{METRICS}); "
+              "nothing to do (pass --overwrite to train again)")
+        return False
+    if state == "partial" and not (args.resume or args.overwrite):
+        where = describe(os.path.join(args.out, FILENAME))
+        raise ConfigError(f"{args.out} holds an unfinished run (checkpoint at {where or 'an unreadable point'}); "
+                          "pass --resume to continue it, or --overwrite to start over")
+    return True
+
+
 def register(sub):
     p = sub.add_parser("train", help="train a student on a pruned subset with KD from a teacher store",
                        description="Train a student on the samples of --subset (all when omitted), "
@@ -109,7 +151,7 @@ def register(sub):
     p.add_argument("--teacher-model", metavar="PATH", default=None,
                    help="a model.pt from `kdprune teacher`, run online (with --teacher online)")
     p.add_argument("--out", metavar="DIR", required=True, help="output directory")
-    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt if it exists")
+    add_out_args(p)
     p.add_argument("--timing", action="store_true",
                    help="split the step time into data, teacher, forward, loss, backward+step (syncs the device)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -121,22 +163,42 @@ def run(args) -> int:
     from kdprune.errors import DataError
 
     cfg = config_from_args(args)  # a bad option fails before any data is read
+    if not check_out(args):
+        return 0
+    if cfg.rs2 and args.subset:
+        from kdprune.errors import ConfigError
+        raise ConfigError(f"--rs2 {cfg.rs2} draws each epoch's subset from the whole dataset; drop --subset "
+                          "(or drop --rs2 to train on the fixed subset)")
+    if cfg.rs2 and args.store and args.alpha is None and not _config_sets(args.config, "alpha"):
+        cfg.alpha = "auto"  # RS2 with a teacher: the distillation weight of the fraction it draws
     train_set, test_set = load_sources(args)
     ids, fraction = None, None
     if args.subset:
         from kdprune.selection import IndexSet
-        subset = IndexSet.load(args.subset).check_dataset(len(train_set), train_set.fingerprint)
+        subset = IndexSet.load(args.subset).check_dataset(len(train_set), train_set.fingerprint,
+                                                          name=train_set.name)
         ids, fraction = subset.ids, subset.meta.get("fraction")
         if len(ids) == 0:
             raise DataError(f"{args.subset} keeps no samples; prune with a larger fraction")
     store = None
     if args.store:
         from kdprune.store import TeacherStore
-        store = TeacherStore.open(args.store, expect_fingerprint=train_set.fingerprint)
-    return _train(cfg, train_set, test_set, ids, store=store, keep_fraction=fraction, args=args)
+        store = TeacherStore.open(args.store, expect_fingerprint=train_set)
+    return run_training(cfg, train_set, test_set, ids, store=store, keep_fraction=fraction, args=args)
 
 
-def _train(cfg, train_set, test_set, ids, *, store, keep_fraction, args, desc="train") -> int:
+def _config_sets(path, name: str) -> bool:
+    """Whether the --config file at ``path`` (None: no file) gives ``name``."""
+    if not path:
+        return False
+    import json
+    with open(path) as f:
+        return name in json.load(f)
+
+
+def run_training(cfg, train_set, test_set, ids, *, store, keep_fraction, args, desc="train") -> int:
+    """Train through :func:`kdprune.train.train_run` with the command's --out/--resume/--overwrite and
+    print the one summary line (accuracy, alpha used, steps, time)."""
     from kdprune.train import distributed as dist
     from kdprune.train.run import train_run
 
@@ -144,9 +206,14 @@ def _train(cfg, train_set, test_set, ids, *, store, keep_fraction, args, desc="t
         _, metrics = train_run(cfg, train_set, test_set, ids, store=store, keep_fraction=keep_fraction,
                                out_dir=args.out, progress=not args.no_progress, desc=desc,
                                teacher_model=getattr(args, "teacher_model", None), resume=args.resume,
+                               overwrite=args.overwrite,
                                timing=args.timing, sources=(args.train_data, args.val_data))
         if dist.is_main():
-            print(f"{desc}: test accuracy {metrics['test_accuracy']:.4f} after {metrics['steps']} steps "
+            alpha = metrics["config"]["alpha"]
+            how = "" if alpha == 0 else (" (auto at keep fraction " f"{metrics['keep_fraction']:.3g})"
+                                          if cfg.alpha in (None, "auto") else "")
+            print(f"{desc}: test accuracy {metrics['test_accuracy']:.4f}, alpha {alpha:.3g}{how}, "
+                  f"after {metrics['steps']} steps "
                   f"({metrics['samples_seen']} samples, {metrics['wall_time_s']:.1f}s, "
                   f"{metrics['world_size']} process(es)) -> {args.out}")
             if "timing" in metrics:

@@ -7,6 +7,7 @@ a run killed at any instant leaves either the previous checkpoint or the new one
 """
 from __future__ import annotations
 
+import os
 
 import torch
 
@@ -15,6 +16,34 @@ from kdprune.errors import ConfigError
 
 VERSION = 1
 FILENAME = "checkpoint.pt"
+METRICS = "metrics.json"  # written when a run has finished
+
+
+def run_state(out_dir) -> str:
+    """What ``out_dir`` holds: ``"finished"`` (a run's metrics.json), ``"partial"`` (a checkpoint of an
+    unfinished run) or ``"empty"``."""
+    if not out_dir:
+        return "empty"
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(os.path.join(out_dir, METRICS)):
+        return "finished"
+    return "partial" if os.path.exists(os.path.join(out_dir, FILENAME)) else "empty"
+
+
+def where(epoch: int, step_in_epoch: int, epochs: int, step: int, elapsed: float) -> str:
+    """A run's position in words: ``epoch 2/3 step 40 (optimizer step 140, 95 s trained)``."""
+    at = f"epoch {epoch + 1}/{epochs} step {step_in_epoch}" if step_in_epoch else f"the start of epoch {epoch + 1}/{epochs}"
+    return f"{at} (optimizer step {step}, {elapsed:.0f} s trained)"
+
+
+def describe(path) -> str:
+    """Where a checkpoint stands, in words: ``epoch 2/3, step 140 (95 s trained)``; '' when unreadable."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return where(state["epoch"], state["step_in_epoch"], state["config"]["epochs"], state["step"],
+                     state["elapsed"])
+    except Exception:  # noqa: BLE001 (a description only)
+        return ""
 
 
 def rng_state() -> dict:
@@ -52,8 +81,8 @@ def load(path: str) -> dict:
 
 def check_config(saved: dict, current: dict, path: str) -> None:
     """Refuse to resume a run under a config that changes its outcome (device and logging may change)."""
-    free = {"device", "eval_every", "log_every", "checkpoint_every", "loader", "eval_batch_size", "compile",
-            "workers"}
+    free = {"device", "eval_every", "log_every", "checkpoint_every", "checkpoint_minutes", "loader",
+            "eval_batch_size", "compile", "workers"}
     diff = sorted(k for k in set(saved) | set(current) if k not in free and saved.get(k) != current.get(k))
     if diff:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)

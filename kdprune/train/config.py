@@ -22,7 +22,9 @@ COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 @dataclass
 class TrainConfig:
     """Everything that decides a run's outcome. ``alpha`` weights the distillation term
-    (``"auto"`` resolves it from the keep fraction); ``temperature`` is T. The defaults reproduce the
+    (``"auto"`` resolves it from the keep fraction; None, the default, means ``"auto"`` when the run
+    has a teacher and 0 when it has none); ``temperature`` is T. ``augment`` None (the default)
+    replays the teacher store's views when distilling from a store, and is on otherwise. The defaults reproduce the
     first trainer (SGD + Nesterov, one-cycle schedule, fp32, no accumulation, no EMA)."""
 
     model: str = "cnn"
@@ -39,12 +41,12 @@ class TrainConfig:
     milestones: list = field(default_factory=lambda: [0.3, 0.6, 0.8])  # "step": fractions of the run
     gamma: float = 0.1  # "step": LR factor at each milestone
     max_grad_norm: float = 0.0  # 0 = no clipping
-    alpha: float | str = 0.0
+    alpha: float | str | None = None  # None: "auto" with a teacher, 0 without
     temperature: float = 4.0
     label_smoothing: float = 0.0
     loss_backend: str = "auto"
     teacher: str = "store"  # store: logits from a TeacherStore; online: a teacher module on the same batch
-    augment: bool = True
+    augment: bool | None = None  # None: as the teacher store's views (with a store), else on
     image_size: int = 0  # train crop size; 0 keeps the input size
     seed: int = 0
     device: str = "cpu"
@@ -54,16 +56,20 @@ class TrainConfig:
     grad_accum: int = 1
     ema: float = 0.0  # EMA decay per optimizer step; 0 = off
     sync_bn: bool = False
+    rs2: float = 0.0  # RS2: a fresh random fraction of the data each epoch (0 = off; see kdprune.scores.rs2)
     loader: str = "torch"  # torch | ffcv | dali
     workers: int = 2  # decoding processes/threads of folder, FFCV and DALI loaders
     eval_batch_size: int = 512
     eval_every: int = 0  # epochs between evaluations (0: only after the last)
     checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: at epoch ends only)
     log_every: int = 50  # optimizer steps between JSONL step records (0: epoch records only)
+    checkpoint_minutes: float = 5.0  # minutes between checkpoints inside an epoch (0: by steps/epochs only)
 
     def validate(self) -> "TrainConfig":
         """Check every option; raise :class:`ConfigError` naming the option and its allowed values."""
-        if self.alpha != "auto":
+        if isinstance(self.alpha, str) and self.alpha.lower() == "auto":
+            self.alpha = "auto"
+        if self.alpha is not None and self.alpha != "auto":
             try:
                 self.alpha = float(self.alpha)
             except (TypeError, ValueError) as err:
@@ -78,6 +84,12 @@ class TrainConfig:
         for name in ("eval_every", "checkpoint_every", "log_every", "image_size", "workers"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.rs2 <= 1.0:
+            raise ConfigError(f"rs2 is the fraction of the dataset drawn each epoch, in (0, 1] (0 turns RS2 off), "
+                              f"got {self.rs2}")
+        if not self.checkpoint_minutes >= 0:
+            raise ConfigError(f"checkpoint_minutes must be >= 0 (0 turns time-based checkpoints off), "
+                              f"got {self.checkpoint_minutes}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0 or self.momentum < 0 or self.max_grad_norm < 0:
@@ -104,6 +116,9 @@ class TrainConfig:
         return self
 
     def _choice(self, name: str, allowed) -> None:
+        value = getattr(self, name)
+        if isinstance(value, str) and value.lower() in allowed:  # names are case-insensitive
+            setattr(self, name, value.lower())
         if getattr(self, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kdprune.atomic import atomic_open
-from kdprune.errors import ConfigError
+from kdprune.errors import ConfigError, Interrupted
 from kdprune.train import checkpoint as ckpt
 from kdprune.train import distributed as dist
 from kdprune.train.config import TrainConfig
@@ -97,8 +97,10 @@ class Trainer:
 
     ``teacher`` (a StoredTeacher or OnlineTeacher) supplies teacher logits, or None for CE only (then
     the loss must have alpha = 0). ``num_samples`` (the dataset size) turns on the EL2N score table.
-    With ``out_dir``, rank 0 writes ``metrics.jsonl`` and ``checkpoint.pt`` there; :meth:`fit` with
-    ``resume=True`` continues from that checkpoint (or starts fresh when there is none).
+    With ``out_dir``, rank 0 writes ``metrics.jsonl`` and ``checkpoint.pt`` there (at every epoch end,
+    every ``cfg.checkpoint_every`` steps and every ``cfg.checkpoint_minutes``); :meth:`fit` with
+    ``resume=True`` continues from that checkpoint (or starts fresh when there is none). Ctrl-C stops
+    after the current step with a checkpoint saved, raising :class:`kdprune.errors.Interrupted`.
     """
 
     def __init__(self, model, loader, loss_fn, cfg: TrainConfig, *, teacher=None, eval_loader=None,
@@ -138,21 +140,30 @@ class Trainer:
         self.epoch = self.step_in_epoch = self.step = 0
         self.elapsed = 0.0
         self._pool = None  # the teacher-prefetch thread, made on first use
+        self._last_save = time.monotonic()
+        self._stop_requested = False  # Ctrl-C seen: save and stop after this step
 
     # ------------------------------------------------------------------ the run
-    def fit(self, resume: bool = False) -> History:
-        """Train to the end of ``cfg.epochs`` (from the checkpoint when ``resume``); returns the History."""
-        if not (resume and self.restore()) and self.out_dir and self.main:
-            self._fresh_out_dir()
+    def fit(self, resume: bool = False, overwrite: bool = False) -> History:
+        """Train to the end of ``cfg.epochs`` (from the checkpoint when ``resume``); returns the History.
+        An ``out_dir`` holding an unfinished run's checkpoint needs ``resume=True`` (continue it) or
+        ``overwrite=True`` (start over); nothing is overwritten silently. The History's
+        ``wall_time_s`` adds up the times of every resumed part of the run."""
+        if not (resume and self.restore()) and self.out_dir:
+            self._fresh_out_dir(overwrite)
         start = time.perf_counter() - self.elapsed
-        for epoch in range(self.epoch, self.cfg.epochs):
-            self.epoch = epoch
-            self._train_epoch(epoch)
-            self._end_epoch(epoch, start)
-            self.epoch, self.step_in_epoch = epoch + 1, 0
-            self.elapsed = time.perf_counter() - start
-            if self.out_dir:
-                self.save()
+        self._last_save = time.monotonic()
+        with self._interrupts():
+            for epoch in range(self.epoch, self.cfg.epochs):
+                self.epoch = epoch
+                self._train_epoch(epoch)
+                self._end_epoch(epoch, start)
+                self.epoch, self.step_in_epoch = epoch + 1, 0
+                self.elapsed = time.perf_counter() - start
+                if self.out_dir:
+                    self.save()
+                if self._stop_requested and epoch + 1 < self.cfg.epochs:
+                    raise Interrupted(f"checkpoint saved at {self._where()} in {self.checkpoint_path}")
         self.history.wall_time_s = time.perf_counter() - start
         self.history.timing = self.timer.summary()
         return self.history
@@ -258,8 +269,63 @@ class Trainer:
             t = self.totals.tolist()  # rank-local running means: one sync every log_every steps
             self._log({"kind": "step", "epoch": epoch, "step": self.step, "lr": self.sched.get_last_lr()[0],
                        "train_loss": t[0] / max(t[2], 1), "train_accuracy": t[1] / max(t[2], 1)})
-        if self.out_dir and mid_epoch and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+        if self.out_dir and mid_epoch and ((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
+                                           or self._time_to_save()):
             self.save()
+        if self._stop_requested and mid_epoch:  # Ctrl-C: stop here, with nothing lost
+            self.save()
+            raise Interrupted(f"checkpoint saved at {self._where()} in {self.checkpoint_path}")
+
+    def _time_to_save(self) -> bool:
+        """Whether ``cfg.checkpoint_minutes`` have passed since the last checkpoint; under DDP every rank
+        must agree (saving is collective), so the ranks compare every 20 steps."""
+        minutes = self.cfg.checkpoint_minutes
+        if not minutes:
+            return False
+        due = time.monotonic() - self._last_save >= minutes * 60
+        if self.world > 1:
+            if self.step % 20:
+                return False
+            due = bool(dist.all_reduce_sum(torch.tensor([float(due)], device=self.device)).item() > 0)
+        return due
+
+    def _where(self) -> str:
+        return ckpt.where(self.epoch, self.step_in_epoch, self.cfg.epochs, self.step, self.elapsed)
+
+    @contextlib.contextmanager
+    def _interrupts(self):
+        """Ctrl-C while training: the first one asks the loop to save a checkpoint after the current step
+        and stop (a single process with an out_dir); a second one stops at once. Either way the run
+        ends with :class:`Interrupted`, which says what was saved."""
+        import signal
+        import threading
+
+        self._stop_requested = False
+        old = None
+        if self.out_dir and self.world == 1 and threading.current_thread() is threading.main_thread():
+            def ask(signum, frame):
+                if self._stop_requested:
+                    raise KeyboardInterrupt
+                self._stop_requested = True
+            old = signal.signal(signal.SIGINT, ask)
+        try:
+            yield
+        except Interrupted:
+            raise
+        except KeyboardInterrupt:
+            raise Interrupted(self._saved_text()) from None
+        except Exception:
+            if self._stop_requested:  # e.g. a DataLoader worker that Ctrl-C reached first
+                raise Interrupted(self._saved_text()) from None
+            raise
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGINT, old)
+
+    def _saved_text(self) -> str:
+        if self.out_dir and os.path.exists(self.checkpoint_path):
+            return f"the last checkpoint ({ckpt.describe(self.checkpoint_path)}) is in {self.checkpoint_path}"
+        return "nothing was saved (no checkpoint yet)"
 
     def _end_epoch(self, epoch: int, start: float) -> None:
         for cb in self.callbacks:
@@ -281,9 +347,11 @@ class Trainer:
         last = epoch + 1 == self.cfg.epochs
         if self.eval_loader is not None and (last or (self.cfg.eval_every and (epoch + 1) % self.cfg.eval_every == 0)):
             model = self.ema.module if self.ema is not None else self.model
+            t_eval = time.perf_counter()
             res = evaluate(model, self.eval_loader, self.device, amp=self.cfg.amp,
                            channels_last=self.cfg.channels_last)
             record.update({f"test_{k}": v for k, v in res.items()})
+            record["eval_time_s"] = time.perf_counter() - t_eval  # in the next epoch's time_s, not this one's
         self.history.epochs.append(record)
         self.history.samples_seen += int(count)
         self._log(record)
@@ -297,7 +365,6 @@ class Trainer:
         self._shown = time.perf_counter()
         loss, correct, count = self.totals[:3].tolist()
         bar.set_postfix(loss=f"{loss / max(count, 1):.4f}", acc=f"{100 * correct / max(count, 1):.1f}%")
-
 
     def _log(self, record: dict) -> None:
         if self.out_dir and self.main:
@@ -331,6 +398,7 @@ class Trainer:
         if self.main:
             ckpt.save(self.checkpoint_path, state)
         dist.barrier()
+        self._last_save = time.monotonic()
 
     def restore(self) -> bool:
         """Load ``out_dir/checkpoint.pt`` if it exists; returns whether it did."""
@@ -359,17 +427,24 @@ class Trainer:
         self.elapsed = state["elapsed"]
         if self.main:
             self._truncate_log()
+            print(f"kdprune: resuming {self.out_dir} from {self._where()}", flush=True)
         return True
 
-    def _fresh_out_dir(self) -> None:
-        """A fresh run owns its directory's logs: drop an older run's JSONL; say so if a checkpoint
-        would have let it resume."""
+    def _fresh_out_dir(self, overwrite: bool) -> None:
+        """A fresh run owns its directory: an unfinished run's checkpoint there is an error unless
+        ``overwrite`` (then it goes, with the older run's JSONL log). Every rank checks, so all stop."""
         if os.path.exists(self.checkpoint_path):
-            print(f"kdprune: {self.checkpoint_path} exists but this run starts fresh (pass --resume / "
-                  "resume=True to continue it); it will be overwritten", flush=True)
-        path = os.path.join(self.out_dir, METRICS_FILE)
-        if os.path.exists(path):
-            os.remove(path)
+            if not overwrite:
+                raise ConfigError(f"{self.out_dir} holds an unfinished run (checkpoint at "
+                                  f"{ckpt.describe(self.checkpoint_path) or self.checkpoint_path}); pass --resume "
+                                  "to continue it or --overwrite to start over (in Python: resume=True or "
+                                  "overwrite=True)")
+        dist.barrier()
+        if self.main:
+            for name in (ckpt.FILENAME, METRICS_FILE):
+                path = os.path.join(self.out_dir, name)
+                if os.path.exists(path):
+                    os.remove(path)
 
     def _truncate_log(self) -> None:
         """Drop JSONL records written after the checkpoint (the resumed run writes them again)."""
