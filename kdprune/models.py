@@ -112,7 +112,7 @@ class ResNetCifar(nn.Module):
 class ImageNetInput(nn.Module):
     """kdprune's inputs lie in [-1, 1]; torchvision and timm weights expect ``(x - mean) / std`` of
     [0, 1] pixels with ImageNet statistics. This layer converts, so pretrained weights see what they
-    were trained on."""
+    were trained on; a grey image (one channel) comes out as the RGB image of the same grey."""
 
     def __init__(self):
         super().__init__()
@@ -145,6 +145,12 @@ def model_kwargs(name: str, width: int, norm: str = "batch") -> dict:
     return {"width": width, "norm": norm} if name in MODELS else {}
 
 
+def _check_rgb(name: str, in_channels: int) -> None:
+    """Library models take RGB; grey images (one channel) become RGB in :class:`ImageNetInput`."""
+    if in_channels not in (1, 3):
+        raise ConfigError(f"model {name} takes RGB (or grey) input, but the dataset has {in_channels} channels")
+
+
 def build_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.Module:
     """Build a model by name: one of :data:`MODELS`, or ``torchvision:NAME`` / ``timm:NAME`` (behind an
     :class:`ImageNetInput` layer, so pretrained weights get the input normalisation they expect).
@@ -158,8 +164,7 @@ def build_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.M
             import torchvision
         except Exception as err:  # a CUDA torchvision wheel fails to load against a CPU torch
             raise ConfigError(f"--model {name} needs a torchvision that loads with this torch ({err})") from err
-        if in_channels != 3:
-            raise ConfigError(f"--model {name} takes RGB input, but the dataset has {in_channels} channel(s)")
+        _check_rgb(name, in_channels)
         arch = name.split(":", 1)[1]
         if arch not in torchvision.models.list_models():
             raise ConfigError(f"torchvision has no model {arch!r}; e.g. torchvision:resnet50, torchvision:resnet18")
@@ -173,7 +178,8 @@ def build_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.M
         if not timm.list_models(arch):
             raise ConfigError(f"timm has no model {arch!r}; e.g. timm:resnet18, timm:vit_tiny_patch16_224 "
                               "(timm.list_models() lists them)")
-        return _imagenet_input(timm.create_model(arch, num_classes=num_classes, in_chans=in_channels, **kwargs))
+        _check_rgb(name, in_channels)
+        return _imagenet_input(timm.create_model(arch, num_classes=num_classes, in_chans=3, **kwargs))
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}, "
                           "torchvision:NAME or timm:NAME")
