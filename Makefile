@@ -12,7 +12,7 @@ EXTRAS ?= dev,ffcv,dali,plot
 STAMP := $(VENV)/.kdprune-$(EXTRAS)
 SOURCES := $(wildcard csrc/*.cpp csrc/*.h) setup.py pyproject.toml
 
-.PHONY: demo test install system-deps build bench reproduce clean
+.PHONY: demo test install system-deps build bench reproduce clean gpu-check
 
 demo: install
 	$(PY) -m kdprune pipeline --name demo
@@ -53,6 +53,18 @@ bench: install
 
 reproduce: install
 	$(PY) -m kdprune reproduce --preset full --jobs 2 --write-alpha-fit --copy-to docs/results/full
+
+# On a CUDA machine: build the extension in place, the Triton tests at full shapes, the loss benchmark
+# against torch.compile and Liger, a ResNet-50 step; one JSON in runs/gpu-check/ (see the script's
+# docstring). Uses the venv's python when there is one, else the machine's python3 and its torch (the
+# GPU machine has no venv): no `install` needed.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_CHECK_ARGS ?=
+gpu-check:
+	@ls .wheels/liger_kernel-*.whl >/dev/null 2>&1 || timeout 60 $(GPU_PY) -m pip download -q --no-deps \
+	  --retries 0 --timeout 10 -d .wheels liger-kernel >/dev/null 2>&1 || \
+	  echo "[kdprune] no liger-kernel wheel in .wheels/ and none downloadable: the check runs without Liger"
+	$(GPU_PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build kdprune/_C*.so *.egg-info

@@ -1,24 +1,35 @@
-"""Fused KD loss, forward + backward: ours against the PyTorch composite, eager and compiled.
+"""Fused KD loss, forward + backward: ours against the PyTorch composite (eager and compiled) and Liger.
 
 Baselines, in the same run:
   (a) eager: cross_entropy + kl_div on log_softmax (the usual KD recipe) + a separate EL2N
       (softmax - onehot, norm) under no_grad;
-  (b) torch.compile of (a);
-  (c) on GPU, Liger-Kernel's cross-entropy + KL-divergence kernels when liger_kernel is installed
-      (+ the same separate EL2N, which Liger does not compute).
-Every row is checked against the float64 oracle before it is timed. On GPU the table adds the
-achieved bandwidth over the minimum bytes (read S, read T, write dS) and its fraction of the
-device's peak, for forward + backward and for the forward alone (where our kernel writes dS).
+  (b) torch.compile of (a), compiled once per shape and dtype (static shapes);
+  (c) on GPU, Liger-Kernel's cross-entropy and KL-divergence kernels run back to back, when
+      liger_kernel imports (+ the log_softmax that Liger's KL takes as input, and the same separate
+      EL2N, which Liger does not compute). Liger's cross-entropy writes its gradient into the logits,
+      so it gets its own copy of them and runs after the KL term has read them.
+Ours is checked against the float64 oracle before it is timed (Liger's loss against the composite's).
+
+GPU: batch 8192, C in {1000, 32000, 128256}, bf16 and fp32 logits (student and teacher alike). Times
+come from CUDA events around back-to-back calls (no host sync between them), so launch latency
+overlaps as in training. The table adds the achieved bandwidth over the minimum bytes (read S, read T,
+write dS) and its fraction of the device's peak (from ``PEAK_BANDWIDTH`` by device name, or
+``--peak-tbs``), for forward + backward and, for ours, for the forward alone (which writes dS).
 
   python benchmarks/bench_loss.py                 # CPU section (2 threads), then GPU when present
-  python benchmarks/bench_loss.py --threads 2 --rounds 7 --repeat 10
+  python benchmarks/bench_loss.py --skip-cpu --json rows.json --out runs/bench   # GPU only
 
-On the CPU the implementations are timed in interleaved rounds and speedups are the median of the
-per-round ratios, so that load from other processes on a shared machine falls on all of them alike.
+Rows go through the shared harness (one CSV per benchmark, see harness.py; ``--out`` picks its
+directory); ``--json PATH`` also writes every row as JSON after each configuration, so a run cut short
+keeps what it measured. On the CPU the implementations are timed in interleaved rounds and speedups
+are the median of the per-round ratios, so that load from other processes on a shared machine falls
+on all of them alike.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import statistics
 import sys
@@ -33,10 +44,52 @@ from kdprune.loss import kd_loss  # noqa: E402
 from kdprune.loss.testing import Case, check, failures  # noqa: E402
 
 ALPHA, T = 0.5, 4.0
+GPU_BATCH = 8192
+GPU_CLASSES = (32000, 128256, 1000)  # the large-C rows first: the bandwidth targets are stated there
+GPU_DTYPES = ("bfloat16", "float32")
 
-# Peak HBM bandwidth (bytes/s) by device name, for the fraction-of-peak column.
-PEAK_BW = {"H100 SXM": 3.35e12, "H100 80GB HBM3": 3.35e12, "H100 PCIe": 2.0e12, "H100 NVL": 3.9e12,
-           "H200": 4.8e12, "A100-SXM4-80GB": 2.04e12, "A100-SXM4-40GB": 1.56e12, "A100-PCIE": 1.94e12}
+# Peak HBM bandwidth (bytes/s) by a substring of torch.cuda.get_device_name(); the first match wins,
+# so the specific names come before the generic ones (an "H100" without a suffix is the SXM part).
+PEAK_BANDWIDTH = (
+    ("H200", 4.8e12),
+    ("H100 NVL", 3.9e12),
+    ("H100 PCIe", 2.0e12),
+    ("H100", 3.35e12),
+    ("A100-SXM4-80GB", 2.039e12),
+    ("A100 80GB PCIe", 1.935e12),
+    ("A100", 1.555e12),
+    ("L40S", 0.864e12),
+    ("A10G", 0.6e12),
+)
+
+
+def peak_bandwidth(name: str, override_tbs: float | None = None, props=None) -> tuple[float | None, str]:
+    """``(bytes/s, source)`` of device ``name``'s peak memory bandwidth: ``override_tbs`` (TB/s) when
+    given, else the table, else the memory clock and bus width of ``props`` (DDR: two transfers a
+    clock), else ``(None, "unknown")``."""
+    if override_tbs is not None:
+        if not override_tbs > 0:
+            raise ValueError(f"--peak-tbs must be a positive bandwidth in TB/s (e.g. 4.8), got {override_tbs}")
+        return override_tbs * 1e12, "--peak-tbs"
+    for key, bw in PEAK_BANDWIDTH:
+        if key in name:
+            return bw, "table"
+    clock, width = getattr(props, "memory_clock_rate", None), getattr(props, "memory_bus_width", None)
+    if clock and width:  # memory_clock_rate is in kHz
+        return 2 * clock * 1e3 * width / 8, "device properties"
+    return None, "unknown"
+
+
+def min_bytes(B: int, C: int, student_bytes: int, teacher_bytes: int) -> int:
+    """The fewest bytes any forward + backward can move: read the student and teacher logits once,
+    write the student's gradient once (labels and per-row outputs are negligible)."""
+    return B * C * (2 * student_bytes + teacher_bytes)
+
+
+def bandwidth(nbytes: float, ms: float, peak: float | None) -> tuple[float, float | None]:
+    """``(GB/s, fraction of peak)`` of moving ``nbytes`` in ``ms`` milliseconds."""
+    bps = nbytes / (ms * 1e-3)
+    return bps / 1e9, (bps / peak if peak else None)
 
 
 def composite(z, t, y, alpha=ALPHA, temperature=T):
@@ -51,7 +104,7 @@ def composite(z, t, y, alpha=ALPHA, temperature=T):
 
 
 def liger_composite():
-    """Liger-Kernel's CE + KL kernels (None when liger_kernel is not installed)."""
+    """Liger-Kernel's CE + KL kernels back to back (None when liger_kernel does not import)."""
     try:
         from liger_kernel.transformers import LigerCrossEntropyLoss, LigerKLDIVLoss
     except ImportError:
@@ -59,17 +112,17 @@ def liger_composite():
     ce_fn, kl_fn = LigerCrossEntropyLoss(), LigerKLDIVLoss(reduction="batchmean", log_target=True)
 
     def fn(z, t, y):
-        ce = ce_fn(z, y)
+        # KL first: Liger's cross-entropy overwrites z with its gradient
         kl = kl_fn(F.log_softmax(z / T, dim=1), F.log_softmax(t / T, dim=1))
-        loss = (1 - ALPHA) * ce + ALPHA * T * T * kl
         with torch.no_grad():
             el2n = (torch.softmax(z.float(), dim=1) - F.one_hot(y, z.shape[1])).norm(dim=1)
-        return loss, el2n
+        ce = ce_fn(z, y)
+        return (1 - ALPHA) * ce + ALPHA * T * T * kl, el2n
     return fn
 
 
 def step(fn, z, t, y):
-    """One forward + backward; returns the closure the harness times."""
+    """One forward + backward; returns the closure the timers call."""
     def run():
         z.grad = None
         out = fn(z, t, y)
@@ -96,12 +149,42 @@ def inputs(B, C, dtype, device, seed=0):
     return z, t, y
 
 
-def verify(backend_device: str, dtype):
+def verify(device: str, dtype):
     """Ours against the float64 oracle on a small case of the benchmark's kind (fail loudly)."""
     case = Case(64, 1000, student_dtype=dtype, teacher_dtype=dtype, temperature=T, alpha=ALPHA)
-    bad = failures(check(case, lambda *a, **k: kd_loss(*a, **k), device=backend_device))
+    bad = failures(check(case, lambda *a, **k: kd_loss(*a, **k), device=device))
     if bad:
-        raise SystemExit(f"kd_loss disagrees with the oracle on {backend_device}: {bad}")
+        raise SystemExit(f"kd_loss disagrees with the oracle on {device} in {dtype}: {bad}")
+
+
+def liger_error(liger, device: str) -> float:
+    """Largest |Liger loss - composite loss| on a small fp32 case (Liger has no float64 path)."""
+    z, t, y = inputs(64, 1000, torch.float32, device, seed=1)
+    want = composite(z.detach(), t, y)[0]
+    got = liger(z.detach().clone(), t, y)[0]
+    return float((got.float() - want.float()).abs())
+
+
+def gpu_time(fn, *, warmup: int = 3, repeat: int = 7, target_ms: float = 25.0) -> dict:
+    """Milliseconds per call of ``fn`` on the current CUDA stream: CUDA events around ``inner``
+    back-to-back calls (``inner`` chosen so one measurement lasts about ``target_ms``), median, min and
+    max over ``repeat`` measurements."""
+    for _ in range(warmup):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def measure(inner):
+        start.record()
+        for _ in range(inner):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / inner
+
+    inner = max(1, min(200, round(target_ms / max(measure(1), 1e-3))))
+    times = sorted(measure(inner) for _ in range(repeat))
+    return {"median_ms": statistics.median(times), "min_ms": times[0], "max_ms": times[-1],
+            "runs": repeat * inner, "inner": inner}
 
 
 def interleaved(impls: dict, make_step, rounds: int, repeat: int, device=None) -> dict:
@@ -145,77 +228,131 @@ def cpu_section(args) -> list[dict]:
     return rows
 
 
-def peak_bandwidth() -> float | None:
-    name = torch.cuda.get_device_name()
-    for key, bw in PEAK_BW.items():
-        if key in name:
-            return bw
-    props = torch.cuda.get_device_properties(0)
-    clock, width = getattr(props, "memory_clock_rate", None), getattr(props, "memory_bus_width", None)
-    return 2 * clock * 1e3 * width / 8 if clock and width else None  # DDR: two transfers per clock
+def gpu_impls(liger) -> dict:
+    """Name -> (function, needs its own copy of z). torch.compile is made fresh per configuration."""
+    impls = {"ours (Triton)": (ours, False), "eager composite": (composite, False),
+             "torch.compile composite": (torch.compile(composite, dynamic=False), False)}
+    if liger is not None:
+        impls["Liger CE + KL"] = (liger, True)
+    return impls
 
 
-def gpu_section(args) -> list[dict]:
-    verify("cuda", torch.bfloat16)
-    peak = peak_bandwidth()
-    liger = liger_composite()
+def config_rows(B, C, dtype, times: dict, fwd: dict | None, device_name: str, peak) -> list[dict]:
+    """The table rows of one (B, C, dtype): time, bandwidth over the minimum bytes, fraction of peak and
+    speedups of every impl; an impl that failed (OOM, error) gets its error instead of figures."""
+    es = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    nbytes = min_bytes(B, C, es, es)
+    ms = {name: tm["median_ms"] for name, tm in times.items() if isinstance(tm, dict)}
     rows = []
-    for C in (1000, 32000, 128256):
-        B = 8192
-        z, t, y = inputs(B, C, torch.bfloat16, "cuda")
-        impls = {"ours (Triton)": ours, "eager composite": composite,
-                 "torch.compile composite": torch.compile(composite)}
-        if liger is not None:
-            impls["Liger CE + KL"] = liger
-        min_bytes = B * C * (z.element_size() + t.element_size() + z.element_size())  # S, T, dS
-        times = {}
-        for name, fn in impls.items():
-            try:
-                times[name] = bench(step(fn, z, t, y), warmup=args.warmup, repeat=args.repeat, device="cuda")
-            except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                times[name] = None
-        fwd = bench(forward_only(ours, z, t, y), warmup=args.warmup, repeat=args.repeat, device="cuda")
-        base = times["eager composite"]["median_ms"] if times["eager composite"] else float("nan")
-        comp = times["torch.compile composite"]["median_ms"] if times["torch.compile composite"] else float("nan")
-        for name, tm in times.items():
-            row = {"device": torch.cuda.get_device_name(), "B": B, "C": C, "dtype": "bfloat16", "impl": name}
-            if tm is None:
-                rows.append({**row, "fwd+bwd ms (median)": "OOM"})
-                continue
-            gbs = min_bytes / (tm["median_ms"] * 1e-3) / 1e9
-            row.update({"fwd+bwd ms (median)": tm["median_ms"], "min ms": tm["min_ms"], "runs": tm["runs"],
-                        "speedup vs eager": base / tm["median_ms"], "speedup vs compile": comp / tm["median_ms"],
-                        "GB/s over min bytes": gbs, "fraction of peak": gbs * 1e9 / peak if peak else None})
-            if name.startswith("ours"):
-                fgbs = min_bytes / (fwd["median_ms"] * 1e-3) / 1e9
-                row.update({"fwd ms": fwd["median_ms"], "fwd GB/s": fgbs,
-                            "fwd fraction of peak": fgbs * 1e9 / peak if peak else None})
-            rows.append(row)
-        del z, t, y
-        torch.cuda.empty_cache()
+    for name, tm in times.items():
+        row = {"device": device_name, "B": B, "C": C, "dtype": dtype, "impl": name, "min bytes": nbytes}
+        if not isinstance(tm, dict):
+            rows.append({**row, "error": str(tm)})
+            continue
+        gbs, frac = bandwidth(nbytes, tm["median_ms"], peak)
+        row.update({"fwd+bwd ms (median)": tm["median_ms"], "min ms": tm["min_ms"], "runs": tm["runs"],
+                    "GB/s over min bytes": gbs, "fraction of peak": frac})
+        for base, col in (("eager composite", "speedup vs eager"), ("torch.compile composite", "speedup vs compile"),
+                          ("Liger CE + KL", "speedup vs Liger")):
+            if base in ms:
+                row[col] = ms[base] / tm["median_ms"]
+        if name.startswith("ours") and isinstance(fwd, dict):
+            fgbs, ffrac = bandwidth(nbytes, fwd["median_ms"], peak)
+            row.update({"fwd ms": fwd["median_ms"], "fwd GB/s": fgbs, "fwd fraction of peak": ffrac})
+        rows.append(row)
     return rows
 
 
-def main(argv=None) -> int:
+def gpu_section(args, on_rows=None) -> list[dict]:
+    """Every (C, dtype) of ``args.classes`` x ``args.dtypes`` at batch ``args.batch`` on CUDA; calls
+    ``on_rows(all rows so far)`` after each configuration."""
+    for dtype in args.dtypes:
+        verify("cuda", getattr(torch, dtype))
+    name = torch.cuda.get_device_name()
+    peak, source = peak_bandwidth(name, args.peak_tbs, torch.cuda.get_device_properties(0))
+    print(f"{name}: peak bandwidth {peak / 1e12 if peak else float('nan'):.3g} TB/s ({source})", flush=True)
+    liger = liger_composite()
+    if liger is not None:
+        print(f"Liger CE + KL against the composite: |loss difference| {liger_error(liger, 'cuda'):.3g}", flush=True)
+    rows = []
+    for dtype in args.dtypes:
+        for C in args.classes:
+            B = args.batch
+            z, t, y = inputs(B, C, getattr(torch, dtype), "cuda")
+            times = {}
+            for impl, (fn, own_copy) in gpu_impls(liger).items():
+                zz = z.detach().clone().requires_grad_() if own_copy else z
+                try:
+                    times[impl] = gpu_time(step(fn, zz, t, y), warmup=args.warmup, repeat=args.repeat)
+                except Exception as err:  # one impl failing (OOM, a compiler error) is a result, not the end
+                    times[impl] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                del zz
+                z.grad = None
+                torch.cuda.empty_cache()
+            fwd = gpu_time(forward_only(ours, z, t, y), warmup=args.warmup, repeat=args.repeat)
+            rows += config_rows(B, C, dtype, times, fwd, name, peak)
+            print(f"B={B} C={C} {dtype}: " + ", ".join(
+                f"{k} {v['median_ms']:.3f} ms" if isinstance(v, dict) else f"{k} {v}" for k, v in times.items()),
+                flush=True)
+            if on_rows is not None:
+                on_rows(rows)
+            del z, t, y
+            torch.cuda.empty_cache()
+    return rows
+
+
+def write_json(path: str, rows: list[dict], **extra) -> None:
+    from kdprune.atomic import atomic_open
+
+    with atomic_open(path) as f:
+        json.dump({"rows": rows, **extra}, f, indent=1, default=str)
+
+
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--repeat", type=int, default=10, help="runs per round (CPU) or in all (GPU)")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="runs per round on the CPU (default 10); measurements per configuration on the GPU (default 7)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (CPU)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--skip-cpu", action="store_true")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (GPU)")
+    p.add_argument("--skip-cpu", action="store_true", help="only the GPU section")
+    p.add_argument("--batch", type=int, default=GPU_BATCH, help="GPU batch size")
+    p.add_argument("--classes", type=lambda s: [int(c) for c in s.split(",")], default=list(GPU_CLASSES),
+                   help="GPU class counts, comma-separated")
+    p.add_argument("--dtypes", type=lambda s: s.split(","), default=list(GPU_DTYPES),
+                   help="GPU logit dtypes, comma-separated (bfloat16, float16, float32)")
+    p.add_argument("--peak-tbs", type=float, default=None,
+                   help="the device's peak memory bandwidth in TB/s (default: looked up by device name)")
+    p.add_argument("--json", metavar="PATH", default=None, help="also write every row to PATH as JSON")
+    p.add_argument("--out", metavar="DIR", default=None, help="results directory of the CSV (see harness.py)")
     args = p.parse_args(argv)
-    rows = [] if args.skip_cpu else cpu_section(args)
+    for dt in args.dtypes:
+        if dt not in ("bfloat16", "float16", "float32"):
+            p.error(f"--dtypes: {dt!r} is not one of bfloat16, float16, float32")
+    if args.peak_tbs is not None and not args.peak_tbs > 0:
+        p.error(f"--peak-tbs must be a positive bandwidth in TB/s (e.g. 4.8), got {args.peak_tbs}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cpu_args = argparse.Namespace(**{**vars(args), "repeat": args.repeat or 10})
+    gpu_args = argparse.Namespace(**{**vars(args), "repeat": args.repeat or 7})
+    config = {"alpha": ALPHA, "temperature": T}
+    rows = [] if args.skip_cpu else cpu_section(cpu_args)
+    save = (lambda r: write_json(args.json, r, **config)) if args.json else None
+    if save:
+        save(rows)
     if torch.cuda.is_available():
-        rows += gpu_section(args)
+        rows += gpu_section(gpu_args, on_rows=(lambda r: save(rows + r)) if save else None)
     else:
         print("no CUDA device: the GPU section (Triton vs eager / compile / Liger, bandwidth) is skipped\n")
     cols = ["device", "B", "C", "dtype", "impl", "fwd+bwd ms (median)", "min ms", "speedup vs eager",
             "speedup vs compile"]
     if any("GB/s over min bytes" in r for r in rows):
-        cols += ["GB/s over min bytes", "fraction of peak", "fwd ms", "fwd fraction of peak"]
-    report("loss", rows, cols, alpha=ALPHA, temperature=T,
-           command="python benchmarks/bench_loss.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+        cols += ["speedup vs Liger", "GB/s over min bytes", "fraction of peak", "fwd ms", "fwd fraction of peak"]
+    if rows:
+        report("bench_loss", rows, cols, out=args.out, **config)
     return 0
 
 

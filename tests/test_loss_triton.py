@@ -7,6 +7,13 @@ The interpreter costs about a millisecond per Triton op per program, so shapes h
 layouts (single-block and online) are still covered, the online one with blocks forced to 32 columns
 so that its cross-block rescaling runs; the full C x B grid runs on the C++ backend (test_loss.py),
 which implements the same numerics.
+
+On a GPU with ``KDPRUNE_GPU_FULL=1`` (``make gpu-check`` sets it) every case runs at its full shape
+instead: batch 8199 (the benchmark's 8192 plus a partial program), the online layout at its real
+4096-column blocks for C = 32000, 50257 and 128256, and the CUDA-graph capture at the benchmark's
+shapes. The float64 oracle (with autograd) then dominates the time, so C >= 32000 runs at smaller
+batches: 8192 for 32000, 2048 for 128256 (about 30 GB of oracle tensors), 512 in the dtype and
+reduction grids.
 """
 import math
 import os
@@ -18,6 +25,14 @@ import torch
 
 ON_GPU = torch.cuda.is_available()
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+FULL = ON_GPU and os.environ.get("KDPRUNE_GPU_FULL") == "1"
+FULL_B = 8199
+
+
+def size(small, full):
+    """The interpreter's small shape, or with ``KDPRUNE_GPU_FULL=1`` on a GPU the full one."""
+    return full if FULL else small
+
 pytest.importorskip("triton")
 
 if not (ON_GPU or INTERPRETED):
@@ -112,38 +127,49 @@ else:
     # blocks (4 blocks, a partial last one) and at C = 32000 with its real 4096-column blocks.
     @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
     @pytest.mark.parametrize("T", [1.0, 4.0])
-    @pytest.mark.parametrize("C", [2, 10, 100, 1271])
+    @pytest.mark.parametrize("C", [2, 10, 100, 1271] + size([], [4096]))
     def test_single_block_layout(C, T, alpha):
         assert pick_config(C).single_block
-        assert_ok(Case(7, C, temperature=T, alpha=alpha, label_smoothing=0.1 if alpha == 0.5 else 0.0, seed=C))
+        assert_ok(Case(size(7, FULL_B), C, temperature=T, alpha=alpha, label_smoothing=0.1 if alpha == 0.5 else 0.0,
+                       seed=C))
 
     @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
     @pytest.mark.parametrize("T", [1.0, 4.0])
     def test_online_layout_small_blocks(T, alpha):
-        assert_ok(Case(7, 100, temperature=T, alpha=alpha, label_smoothing=0.1 if alpha == 0.5 else 0.0),
-                  with_config(ONLINE_SMALL))
+        assert_ok(Case(size(7, FULL_B), size(100, 1000), temperature=T, alpha=alpha,
+                       label_smoothing=0.1 if alpha == 0.5 else 0.0), with_config(ONLINE_SMALL))
 
-    def test_online_layout_large_c():
-        assert not pick_config(32000).single_block
-        assert_ok(Case(2, 32000, ignore_frac=0.0, label_smoothing=0.1))
+    @pytest.mark.parametrize("C", [32000] + size([], [50257, 128256]))
+    def test_online_layout_large_c(C):
+        assert not pick_config(C).single_block
+        B = size(2, {32000: 8192, 50257: 1024, 128256: 2048}[C])
+        assert_ok(Case(B, C, ignore_frac=size(0.0, 0.1), label_smoothing=0.1))
 
     # every student x teacher dtype pair, each layout once
     @pytest.mark.parametrize("sdt", [torch.float32, torch.bfloat16, torch.float16])
     @pytest.mark.parametrize("tdt", [torch.float32, torch.bfloat16, torch.float16])
     def test_dtypes(sdt, tdt):
-        case = Case(5, 50, student_dtype=sdt, teacher_dtype=tdt, label_smoothing=0.1)
+        case = Case(size(5, FULL_B), size(50, 1271), student_dtype=sdt, teacher_dtype=tdt, label_smoothing=0.1)
         assert_ok(case)
-        assert_ok(case, with_config(ONLINE_SMALL))
+        if FULL:  # the online layout with its real blocks
+            assert_ok(Case(512, 32000, student_dtype=sdt, teacher_dtype=tdt, label_smoothing=0.1))
+        else:
+            assert_ok(case, with_config(ONLINE_SMALL))
 
     @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
     def test_reductions_with_grad_output(reduction):
-        assert_ok(Case(9, 40, reduction=reduction))
+        assert_ok(Case(size(9, FULL_B), size(40, 1000), reduction=reduction))
+        if FULL:
+            assert_ok(Case(512, 32000, reduction=reduction))
 
     @pytest.mark.parametrize("config", [None, ONLINE_SMALL], ids=["single", "online"])
     def test_edge_rows(config):
         """Student == teacher (kl 0), teacher -inf entries and a teacher row all -inf, a student row
-        all -inf (zero gradient), an ignored row, a confident bf16-like row, +100 shift."""
+        all -inf (zero gradient), an ignored row, a confident bf16-like row, +100 shift. Full: the
+        single block at its largest C, the online layout with its real blocks."""
         B, C = 6, 70
+        if FULL:
+            C, config = (4000, None) if config is None else (32000, None)
         g = torch.Generator().manual_seed(0)
         z = torch.randn(B, C, generator=g) * 3
         t = torch.randn(B, C, generator=g) * 3
@@ -170,21 +196,27 @@ else:
             torch.testing.assert_close(dz.double(), dz64, rtol=1e-4, atol=1e-6)
 
     def test_all_ignored_batch():
-        z = torch.randn(4, 20, device=DEVICE, requires_grad=True)
-        out = triton_loss(z, torch.randn(4, 20, device=DEVICE), torch.full((4,), -100, device=DEVICE),
+        B, C = size((4, 20), (8192, 32000))
+        z = torch.randn(B, C, device=DEVICE, requires_grad=True)
+        out = triton_loss(z, torch.randn(B, C, device=DEVICE), torch.full((B,), -100, device=DEVICE),
                           alpha=0.5, temperature=3.0)
         (dz,) = torch.autograd.grad(out.loss, z)
         assert out.loss.item() == 0.0 and (dz == 0).all()
 
-    def test_out_of_range_label_gives_nan_not_a_crash():
+    @pytest.mark.parametrize("C", [10] + size([], [32000]))
+    def test_out_of_range_label_gives_nan_not_a_crash(C):
         # no host sync is allowed, so the Triton backend marks the row instead of raising
-        z, t = torch.randn(3, 10, device=DEVICE), torch.randn(3, 10, device=DEVICE)
-        out = triton_loss(z, t, torch.tensor([1, 10, 2], device=DEVICE), alpha=0.5, temperature=2.0,
-                          reduction="none")
-        assert out.loss[1].isnan() and out.loss[[0, 2]].isfinite().all()
+        B = size(3, FULL_B)
+        z, t = torch.randn(B, C, device=DEVICE), torch.randn(B, C, device=DEVICE)
+        y = torch.arange(B, device=DEVICE) % C
+        y[1] = C
+        out = triton_loss(z, t, y, alpha=0.5, temperature=2.0, reduction="none")
+        others = torch.ones(B, dtype=torch.bool, device=DEVICE)
+        others[1] = False
+        assert out.loss[1].isnan() and out.loss[others].isfinite().all()
 
     def test_inplace_and_a_second_backward():
-        case = Case(8, 30)
+        case = Case(size(8, FULL_B), size(30, 1000))
         z, t, y = case.inputs(DEVICE)
         _, expected = run(triton_loss, z, t, y, case.kwargs())
         leaf = z.clone().requires_grad_()
@@ -198,11 +230,11 @@ else:
             torch.autograd.grad(out.loss, z2)
 
     def test_backward_with_grad_output_one_leaves_the_buffer_alone():
-        case = Case(6, 30, reduction="none")
+        case = Case(size(6, FULL_B), size(30, 1000), reduction="none")
         z, t, y = case.inputs(DEVICE)
         z = z.requires_grad_()
         out = triton_loss(z, t, y, **case.kwargs())
-        go = torch.ones(6, device=DEVICE)
+        go = torch.ones(case.B, device=DEVICE)
         go[2] = 3.0
         (dz,) = torch.autograd.grad(out.loss, z, go)
         ref = kd_loss_ref(z.double(), t.double(), y, **case.kwargs())
@@ -210,7 +242,7 @@ else:
         torch.testing.assert_close(dz, dz64.float(), rtol=1e-5, atol=1e-7)
 
     def test_torch_compile_fullgraph_around_kdloss():
-        case = Case(12, 40, label_smoothing=0.1)
+        case = Case(size(12, 4096), size(40, 32000), label_smoothing=0.1)
         z, t, y = case.inputs(DEVICE)
         module = KDLoss(alpha=0.5, temperature=4.0, label_smoothing=0.1, backend="triton")
         # the custom op is opaque to every compile backend; aot_eager keeps the CPU-interpreter run short
@@ -221,26 +253,34 @@ else:
         torch.testing.assert_close(out.kl, ref.kl)
         torch.testing.assert_close(dz, dz_ref)
 
-    @pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU (CI has none; the GPU session runs this)")
-    def test_cuda_graph_capture_and_replay():
+    # one small case; with KDPRUNE_GPU_FULL the benchmark's shapes in bf16 (both layouts) and a per-row
+    # grad_output, so that the backward's scale kernel does its work inside the graph too
+    GRAPH_CASES = [(64, 5000, torch.float32, "mean")] + size([], [
+        (8192, 1000, torch.bfloat16, "mean"), (8192, 32000, torch.bfloat16, "mean"),
+        (2048, 128256, torch.bfloat16, "mean"), (8192, 32000, torch.bfloat16, "none")])
+
+    @pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU (CI has none; `make gpu-check` runs this)")
+    @pytest.mark.parametrize("B, C, dtype, reduction", GRAPH_CASES)
+    def test_cuda_graph_capture_and_replay(B, C, dtype, reduction):
         # no host sync anywhere: forward + backward capture into one graph and replay to the eager result
-        case = Case(64, 5000)
+        case = Case(B, C, student_dtype=dtype, teacher_dtype=dtype, reduction=reduction)
         z, t, y = case.inputs("cuda")
         z = z.requires_grad_()
         kw = case.kwargs()
+        go = None if reduction != "none" else torch.linspace(0.5, 1.5, B, device="cuda")
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):  # warm-up: Triton compiles outside the capture
                 z.grad = None
-                kd_loss(z, t, y, **kw).loss.backward()
+                kd_loss(z, t, y, **kw).loss.backward(go)
         torch.cuda.current_stream().wait_stream(side)
         expected = z.grad.clone()
         z.grad = None
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = kd_loss(z, t, y, **kw)
-            out.loss.backward()
+            out.loss.backward(go)
         graph.replay()
         torch.cuda.synchronize()
         ref = kd_loss(z.detach(), t, y, **kw)
