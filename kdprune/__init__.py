@@ -18,7 +18,7 @@ _EXPORTS = {
     "IndexSet": "kdprune.selection",
     "prune": "kdprune.selection",
     "load_dataset": "kdprune.data",
-    "compute_score": "kdprune.scores",
+    "compute_score": "kdprune.train.scoring",
     "save_scores": "kdprune.scores",
     "load_scores": "kdprune.scores",
     "RS2Sampler": "kdprune.scores.rs2",

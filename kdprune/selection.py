@@ -8,6 +8,7 @@ import numpy as np
 
 from kdprune.atomic import atomic_open
 from kdprune.errors import ConfigError, DataError
+from kdprune.scores.ccs import class_quotas
 
 
 def check_fraction(fraction: float) -> float:
@@ -88,26 +89,6 @@ class IndexSet:
         index = cls(ids, meta)
         index.stem = stem
         return index
-
-
-def class_quotas(labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(classes, quota)``: how many of ``k`` ids each class gets so that shares are equal within
-    one; a class with fewer samples than its share keeps them all and the others share the rest."""
-    classes, counts = np.unique(labels, return_counts=True)
-    quota = np.zeros(len(classes), dtype=np.int64)
-    remaining = int(k)
-    # water-filling: a class smaller than the fair share keeps all it has, the rest share what is left
-    for left, idx in zip(range(len(classes), 0, -1), np.argsort(counts, kind="stable")):
-        quota[idx] = min(counts[idx], remaining // left)
-        remaining -= quota[idx]
-    # hand out the rounding remainder one per class, biggest headroom first
-    for idx in np.argsort(-(counts - quota), kind="stable"):
-        if remaining == 0:
-            break
-        if quota[idx] < counts[idx]:
-            quota[idx] += 1
-            remaining -= 1
-    return classes, quota
 
 
 def _class_balanced_take(order: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

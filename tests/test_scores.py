@@ -8,7 +8,8 @@ import torch
 from kdprune.data import synthetic, to_float
 from kdprune.errors import ConfigError, DataError, StoreError
 from kdprune.models import SmallCNN
-from kdprune.scores import compute_score, load_scores, save_scores
+from kdprune import compute_score
+from kdprune.scores import load_scores, save_scores
 from kdprune.scores.grand import grand_last_layer, grand_scores
 from kdprune.scores.prototypes import kmeans, prototype_scores
 from kdprune.scores.rs2 import RS2Sampler
@@ -217,5 +218,5 @@ def test_teacher_scores_from_a_real_store(tmp_path):
         np.testing.assert_allclose(got.scores, expected.numpy(), rtol=1e-5, atol=1e-6)
         assert got.meta["store_views"] == 2
     other = synthetic(40, num_classes=5, seed=9)
-    with pytest.raises(StoreError, match="written for dataset"):
+    with pytest.raises(StoreError, match="the teacher store was made from .*recompute it with `kdprune logits`"):
         compute_score("teacher-el2n", other, store=str(tmp_path / "store"))

@@ -47,8 +47,11 @@ def test_prune_random_and_bad_input(tmp_path, capsys):
     assert "teacher store" in capsys.readouterr().err
 
 
-def test_cli_lists_every_score_method():
-    from kdprune.commands.score import METHODS as CLI_METHODS
-    from kdprune.scores import METHODS
+def test_cli_offers_exactly_the_registered_score_methods():
+    from kdprune.cli import build_parser
+    from kdprune.registry import SCORE_METHODS
 
-    assert sorted(CLI_METHODS) == sorted(METHODS)
+    score = build_parser()._subparsers._group_actions[0].choices["score"]
+    method = next(a for a in score._actions if a.dest == "method")
+    assert tuple(method.choices) == SCORE_METHODS.names()
+    assert set(SCORE_METHODS.names()) >= {"el2n", "grand", "forgetting", "aum", "random", "teacher-el2n"}

@@ -148,7 +148,7 @@ def test_el2n_recorded_in_fit_is_the_formula_on_the_step_logits():
 
 
 def test_dynamics_scores_are_deterministic_under_seeds():
-    from kdprune.scores import compute_score
+    from kdprune import compute_score
 
     ds = _tiny()
     kw = dict(width=4, batch_size=40)

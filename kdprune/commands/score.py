@@ -1,8 +1,6 @@
 """`kdprune score`: compute one pruning score per training sample and write it as STEM.npy + STEM.json."""
 from kdprune.commands.common import add_data_args
-
-METHODS = ("el2n", "grand", "grand-last", "forgetting", "aum", "prototypes", "random",
-           "teacher-el2n", "teacher-entropy", "teacher-margin")  # = kdprune.scores.METHODS, kept light here
+from kdprune.registry import SCORE_METHODS
 
 
 def register(sub):
@@ -10,11 +8,12 @@ def register(sub):
                        description="Compute a pruning score for every training sample and write "
                                    "STEM.npy (float32[N], higher = harder) and STEM.json (provenance).")
     add_data_args(p)
-    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--method", required=True, choices=SCORE_METHODS.names(), metavar="METHOD",
+                   help="the score: " + "; ".join(f"{e.name} ({e.help})" for e in SCORE_METHODS))
     p.add_argument("--out", required=True, metavar="STEM", help="output path without extension")
     p.add_argument("--epochs", type=int, default=None,
-                   help="training epochs per seed (default per method: el2n 2, forgetting/aum 5, "
-                        "grand 0 = at init, prototypes 1)")
+                   help="training epochs per seed (default per method: " + ", ".join(
+                       f"{e.name} {e.info['epochs']}" for e in SCORE_METHODS if "epochs" in e.info) + "; 0 = at init)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds to average (default 1)")
     p.add_argument("--seed", type=int, default=0, help="first seed (seeds are SEED..SEED+K-1)")
     p.add_argument("--model", default="cnn")
@@ -34,7 +33,8 @@ def run(args):
 
     from kdprune.commands.common import load_from_args
     from kdprune.errors import ConfigError
-    from kdprune.scores import compute_score, save_scores
+    from kdprune.scores import save_scores
+    from kdprune.train.scoring import compute_score
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")

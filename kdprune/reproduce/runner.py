@@ -134,7 +134,8 @@ class Reproduction:
     def score(self, name: str, seed: int) -> np.ndarray:
         """Score ``name`` (a :mod:`kdprune.scores` method) of seed ``seed``, computed once and saved;
         teacher scores do not depend on the seed and are computed once in all."""
-        from kdprune.scores import compute_score, load_scores, save_scores
+        from kdprune.scores import load_scores, save_scores
+        from kdprune.train.scoring import compute_score
 
         teacher_based = _seedless(name)
         stem = self._score_stem(name, seed)

@@ -64,6 +64,26 @@ def _ccs_one(ids: np.ndarray, scores: np.ndarray, budget: int, beta: float, stra
     return np.concatenate(chosen) if chosen else ids[:0]
 
 
+def class_quotas(labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes, quota)``: how many of ``k`` ids each class gets so that shares are equal within
+    one; a class with fewer samples than its share keeps them all and the others share the rest."""
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.zeros(len(classes), dtype=np.int64)
+    remaining = int(k)
+    # water-filling: a class smaller than the fair share keeps all it has, the rest share what is left
+    for left, idx in zip(range(len(classes), 0, -1), np.argsort(counts, kind="stable")):
+        quota[idx] = min(counts[idx], remaining // left)
+        remaining -= quota[idx]
+    # hand out the rounding remainder one per class, biggest headroom first
+    for idx in np.argsort(-(counts - quota), kind="stable"):
+        if remaining == 0:
+            break
+        if quota[idx] < counts[idx]:
+            quota[idx] += 1
+            remaining -= 1
+    return classes, quota
+
+
 def ccs_select(scores, k: int, labels=None, seed: int = 0, beta: float | None = None,
                strata: int = 50) -> np.ndarray:
     """Pick ``k`` sample ids by CCS (see the module docstring); returns sorted int64 ids.
@@ -85,7 +105,6 @@ def ccs_select(scores, k: int, labels=None, seed: int = 0, beta: float | None = 
     if labels is None:
         ids = _ccs_one(np.arange(n), scores, k, beta, strata, rng)
     else:
-        from kdprune.selection import class_quotas
         labels = np.asarray(labels, np.int64)
         if len(labels) != n:
             raise DataError(f"{n} scores but {len(labels)} labels")

@@ -2,7 +2,7 @@
 to the nearest centroid (far from every prototype = hard, higher = harder).
 
 What we embed with: Sorscher et al. use a self-supervised model (SwAV). We do not train one here;
-:func:`kdprune.scores.compute_score` embeds with ``model.embed(x)`` of a model trained with the
+:func:`kdprune.compute_score` embeds with ``model.embed(x)`` of a model trained with the
 supervised loss for a few epochs (``epochs=0`` uses the random-init network, which is a random
 convolutional feature map). Both are supervised/untrained stand-ins for the paper's self-supervised
 embedding, and the scores inherit that difference; pass your own embeddings to
@@ -79,3 +79,11 @@ def embed_all(model, images: np.ndarray, *, batch_size: int | None = None, devic
     parts = [model.embed(to_float(images[s:s + batch_size]).to(device)).float().cpu()
              for s in range(0, len(images), batch_size)]
     return torch.cat(parts)
+
+
+def prototype_scores_of_model(model, images: np.ndarray, labels: np.ndarray, *, device="cpu", k: int | None = None,
+                              seed: int = 0) -> np.ndarray:
+    """Prototype scores of ``model.embed`` over ``images``, with ``k`` clusters (default: the number of
+    classes in ``labels``); the form :func:`kdprune.compute_score` calls."""
+    k = k or len(np.unique(np.asarray(labels)))
+    return prototype_scores(embed_all(model, images, device=device), k, seed=seed)
