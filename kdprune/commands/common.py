@@ -14,13 +14,11 @@ def add_data_args(p):
 
 def load_from_args(args, split="train"):
     if args.dataset == "folder":
-        import os
-
-        from kdprune.data.folder import FolderDataset
+        from kdprune.data.folder import load_folder_split
         from kdprune.errors import DataError
         if not args.data_dir:
             raise DataError("--dataset folder needs --data-dir ROOT holding ROOT/train/<class>/*.jpg and "
                             "ROOT/val/<class>/*.jpg")
-        return FolderDataset(os.path.join(args.data_dir, "train" if split == "train" else "val"))
+        return load_folder_split(args.data_dir, split)
     from kdprune.data import load_dataset
     return load_dataset(args.dataset, split, args.data_dir, num_samples=args.synthetic_samples)
