@@ -15,7 +15,7 @@ from kdprune.loss.testing import Case, check, failures, max_err, run
 
 
 def cpu_loss(*args, **kw):
-    return kd_loss(*args, backend="cpu", **kw)
+    return kd_loss(*args, kernel="cpu", **kw)
 
 
 def assert_ok(case, fn=cpu_loss, factor=4.0):
@@ -56,7 +56,7 @@ def test_student_equals_teacher_has_zero_kl():
     z = torch.randn(64, 500) * 4
     y = torch.randint(0, 500, (64,))
     for backend in ("cpu", "torch"):
-        out = kd_loss(z, z.clone(), y, alpha=1.0, temperature=3.0, backend=backend)
+        out = kd_loss(z, z.clone(), y, alpha=1.0, temperature=3.0, kernel=backend)
         assert out.kl.abs().max() < 1e-6, backend
         assert out.loss.abs() < 1e-5, backend
 
@@ -98,7 +98,7 @@ def test_teacher_neg_inf_contributes_zero():
     t[0, 0] = float("-inf")
     y = torch.randint(0, C, (B,))
     for backend in ("cpu", "torch"):
-        out, dz = run(lambda *a, **k: kd_loss(*a, backend=backend, **k), z, t, y, dict(alpha=0.7, temperature=2.0))
+        out, dz = run(lambda *a, **k: kd_loss(*a, kernel=backend, **k), z, t, y, dict(alpha=0.7, temperature=2.0))
         assert torch.isfinite(out.loss) and torch.isfinite(dz).all() and torch.isfinite(out.kl).all(), backend
         assert out.kl[0] == 0
     oracle, dz64 = run(kd_loss_ref, z.double(), t.double(), y, dict(alpha=0.7, temperature=2.0))
@@ -115,7 +115,7 @@ def test_all_neg_inf_student_row_has_zero_gradient():
     y = torch.randint(10, C, (B,))
     grads = {}
     for backend in ("cpu", "torch"):
-        out, dz = run(lambda *a, **k: kd_loss(*a, backend=backend, **k), z, t, y,
+        out, dz = run(lambda *a, **k: kd_loss(*a, kernel=backend, **k), z, t, y,
                       dict(alpha=0.5, temperature=2.0, reduction="none"), torch.ones(B))
         assert not dz.isnan().any(), backend
         assert (dz[2] == 0).all(), backend
@@ -131,7 +131,7 @@ def test_all_ignored_batch_is_zero_with_zero_grad():
     z, t = torch.randn(5, 30, requires_grad=True), torch.randn(5, 30)
     y = torch.full((5,), -100)
     for backend in ("cpu", "torch"):
-        out = kd_loss(z, t, y, alpha=0.5, temperature=4.0, backend=backend)
+        out = kd_loss(z, t, y, alpha=0.5, temperature=4.0, kernel=backend)
         assert out.loss.item() == 0.0
         (dz,) = torch.autograd.grad(out.loss, z)
         assert (dz == 0).all() and (out.ce == 0).all() and (out.el2n == 0).all()
@@ -141,7 +141,7 @@ def test_custom_ignore_index_and_int32_labels():
     case = Case(40, 20, ignore_index=7, ignore_frac=0.0)
     z, t, y = case.inputs()
     y[::3] = 7
-    out = kd_loss(z, t, y.int(), backend="cpu", **case.kwargs())
+    out = kd_loss(z, t, y.int(), kernel="cpu", **case.kwargs())
     ref = kd_loss_ref(z.double(), t.double(), y, **case.kwargs())
     torch.testing.assert_close(out.loss.double(), ref.loss, rtol=1e-5, atol=1e-6)
     assert (out.ce[::3] == 0).all()
@@ -149,7 +149,7 @@ def test_custom_ignore_index_and_int32_labels():
 
 def test_outputs_are_detached_fp32():
     z = torch.randn(4, 9, dtype=torch.bfloat16, requires_grad=True)
-    out = kd_loss(z, torch.randn(4, 9), torch.arange(4), alpha=0.5, temperature=2.0, backend="cpu")
+    out = kd_loss(z, torch.randn(4, 9), torch.arange(4), alpha=0.5, temperature=2.0, kernel="cpu")
     for v in (out.ce, out.kl, out.el2n):
         assert v.dtype == torch.float32 and v.shape == (4,) and not v.requires_grad
     assert out.loss.dtype == torch.float32 and out.loss.requires_grad
@@ -158,8 +158,8 @@ def test_outputs_are_detached_fp32():
 def test_no_grad_and_a_second_backward():
     z, t, y = Case(10, 50).inputs()
     with torch.no_grad():
-        a = kd_loss(z, t, y, alpha=0.5, temperature=2.0, backend="cpu")
-    b = kd_loss(z.requires_grad_(), t, y, alpha=0.5, temperature=2.0, backend="cpu")
+        a = kd_loss(z, t, y, alpha=0.5, temperature=2.0, kernel="cpu")
+    b = kd_loss(z.requires_grad_(), t, y, alpha=0.5, temperature=2.0, kernel="cpu")
     assert a.loss == b.loss.detach()
     torch.autograd.grad(b.loss, z, retain_graph=True)
     # the buffer was scaled in place and handed on: a second backward must fail loudly, not compound
@@ -173,7 +173,7 @@ def test_inplace_writes_the_gradient_into_the_logits():
     _, expected = run(cpu_loss, z, t, y, case.kwargs())
     leaf = z.clone().requires_grad_()
     logits = leaf * 1.0  # a non-leaf, as a model's output is
-    out = kd_loss(logits, t, y, backend="cpu", inplace=True, **case.kwargs())
+    out = kd_loss(logits, t, y, kernel="cpu", inplace=True, **case.kwargs())
     out.loss.backward(torch.tensor(0.7))
     torch.testing.assert_close(leaf.grad, expected)
 
@@ -188,7 +188,7 @@ def test_non_contiguous_inputs():
     torch.testing.assert_close(out.loss, ref.loss)
     torch.testing.assert_close(dz, dz_ref)
     with pytest.raises(ValueError, match="must then be contiguous"):
-        kd_loss(zt, tt, y, backend="cpu", inplace=True, **case.kwargs())
+        kd_loss(zt, tt, y, kernel="cpu", inplace=True, **case.kwargs())
 
 
 def test_auto_backend_on_cpu_is_the_extension():
@@ -197,14 +197,14 @@ def test_auto_backend_on_cpu_is_the_extension():
     assert resolve_backend("auto", torch.device("cpu")) == "cpu"
     with pytest.raises(ConfigError, match="CUDA"):
         resolve_backend("triton", torch.device("cpu"))
-    with pytest.raises(ConfigError, match="backend must be"):
+    with pytest.raises(ConfigError, match="kernel must be"):
         resolve_backend("fast", torch.device("cpu"))
 
 
 def test_float64_goes_to_the_reference():
     z, t, y = Case(5, 7).inputs()
-    with pytest.raises(ValueError, match="backend='torch'"):
-        kd_loss(z.double(), t.double(), y, alpha=0.5, temperature=2.0, backend="cpu")
+    with pytest.raises(ValueError, match="kernel='torch'"):
+        kd_loss(z.double(), t.double(), y, alpha=0.5, temperature=2.0, kernel="cpu")
     out = kd_loss(z.double(), t.double(), y, alpha=0.5, temperature=2.0)  # auto: the reference
     assert out.loss.dtype == torch.float64
     assert out.loss == kd_loss_ref(z.double(), t.double(), y, alpha=0.5, temperature=2.0).loss
@@ -217,7 +217,7 @@ def test_float64_goes_to_the_reference():
     (dict(temperature=-1.0), "temperature must be > 0"),
     (dict(label_smoothing=1.5), "label_smoothing"),
     (dict(reduction="avg"), "reduction must be"),
-    (dict(alpha="auto"), "needs keep_fraction"),
+    (dict(alpha="auto"), "needs fraction="),
     (dict(alpha="best"), "or 'auto'"),
 ])
 def test_bad_settings_raise_clearly(kwargs, match):
@@ -230,7 +230,7 @@ def test_bad_settings_raise_clearly(kwargs, match):
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
 def test_bad_shapes_and_labels_raise_clearly(backend):
     z, t, y = Case(4, 6, ignore_frac=0.0).inputs()
-    kw = dict(alpha=0.5, temperature=2.0, backend=backend)
+    kw = dict(alpha=0.5, temperature=2.0, kernel=backend)
     with pytest.raises(ValueError, match="teacher logits must have the student's shape"):
         kd_loss(z, t[:, :5], y, **kw)
     with pytest.raises(ValueError, match=r"labels must be \[B\]"):
@@ -268,7 +268,7 @@ def test_torch_compile_fullgraph_around_kdloss():
     z, t, y = case.inputs()
     kw = case.kwargs()
     loss = KDLoss(alpha=kw["alpha"], temperature=kw["temperature"], label_smoothing=kw["label_smoothing"],
-                  backend="cpu")
+                  kernel="cpu")
     compiled = torch.compile(loss, fullgraph=True)
     out, dz = run(lambda z_, t_, y_, **_: compiled(z_, t_, y_), z, t, y, {})
     ref, dz_ref = run(cpu_loss, z, t, y, kw)
@@ -298,10 +298,16 @@ def test_alpha_for_fraction_is_monotone_and_clipped():
     for bad in (0.0, -0.5, 1.5):
         with pytest.raises(ConfigError, match="keep_fraction"):
             alpha_for_fraction(bad)
-    m = KDLoss(alpha="auto", temperature=4.0, keep_fraction=0.3)
+    m = KDLoss(alpha="auto", temperature=4.0, fraction=0.3)
     assert m.alpha == alpha_for_fraction(0.3)
     z, t, y = Case(6, 11).inputs()
-    auto = kd_loss(z, t, y, alpha="auto", keep_fraction=0.3, temperature=4.0)
+    auto = kd_loss(z, t, y, alpha="auto", fraction=0.3, temperature=4.0)
+    with pytest.warns(DeprecationWarning, match="keep_fraction= is deprecated, use fraction="):
+        old = KDLoss(alpha="auto", temperature=4.0, keep_fraction=0.3)
+    with pytest.warns(DeprecationWarning, match="backend= is deprecated, use kernel="):
+        old_kernel = kd_loss(z, t, y, alpha="auto", fraction=0.3, temperature=4.0, backend="torch")
+    assert old.alpha == m.alpha
+    torch.testing.assert_close(old_kernel.loss, auto.loss)
     torch.testing.assert_close(auto.loss, kd_loss(z, t, y, alpha=m.alpha, temperature=4.0).loss)
 
 

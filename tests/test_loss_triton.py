@@ -92,7 +92,7 @@ else:
             yield
 
     def triton_loss(*args, **kw):
-        return kd_loss(*args, backend="triton", **kw)
+        return kd_loss(*args, kernel="triton", **kw)
 
     class _Forced(torch.autograd.Function):
         """The launcher with a forced layout (for the online kernel at small C) and its backward."""
@@ -244,7 +244,7 @@ else:
     def test_torch_compile_fullgraph_around_kdloss():
         case = Case(size(12, 4096), size(40, 32000), label_smoothing=0.1)
         z, t, y = case.inputs(DEVICE)
-        module = KDLoss(alpha=0.5, temperature=4.0, label_smoothing=0.1, backend="triton")
+        module = KDLoss(alpha=0.5, temperature=4.0, label_smoothing=0.1, kernel="triton")
         # the custom op is opaque to every compile backend; aot_eager keeps the CPU-interpreter run short
         compiled = torch.compile(module, fullgraph=True, backend="inductor" if ON_GPU else "aot_eager")
         out, dz = run(lambda z_, t_, y_, **_: compiled(z_, t_, y_), z, t, y, {})

@@ -66,6 +66,6 @@ def resolve_alpha(alpha, keep_fraction=None, who: str = "kd_loss") -> float:
         if alpha != "auto":
             raise ConfigError(f"{who}: alpha must be a number in [0, 1] or 'auto', got {alpha!r}")
         if keep_fraction is None:
-            raise ConfigError(f"{who}: alpha='auto' needs keep_fraction (the fraction of the dataset kept)")
+            raise ConfigError(f"{who}: alpha='auto' needs fraction= (the fraction of the dataset kept)")
         return alpha_for_fraction(keep_fraction)
     return float(alpha)

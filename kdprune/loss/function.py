@@ -1,6 +1,6 @@
-"""``kd_loss``: input checks, backend choice and the autograd.Function over the fused ops.
+"""``kd_loss``: input checks, kernel choice and the autograd.Function over the fused ops.
 
-Backends (an explicit string, chosen once per call):
+Kernels (an explicit string, chosen once per call; :data:`kdprune.registry.LOSS_KERNELS` lists them):
 
 - ``"cpu"``: ``torch.ops.kdprune.kd_loss_fwd`` from ``csrc/kd_loss.cpp`` (CPU tensors);
 - ``"triton"``: ``torch.ops.kdprune.kd_loss_fwd_triton`` from ``kdprune.kernels.kd_loss`` (CUDA
@@ -19,6 +19,7 @@ once per forward (a second backward, e.g. with ``retain_graph=True``, raises). U
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional, Union
 
 import torch
@@ -26,8 +27,9 @@ import torch
 from kdprune.errors import ConfigError
 from kdprune.loss.alpha import resolve_alpha
 from kdprune.loss.reference import REDUCTIONS, KDOutput, kd_loss_ref
+from kdprune.registry import LOSS_KERNELS
 
-BACKENDS = ("auto", "triton", "cpu", "torch")
+KERNELS = LOSS_KERNELS.names()
 _REDUCTION_CODE = {"none": 0, "mean": 1, "sum": 2}
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -71,27 +73,39 @@ _HAS_CPU_OP = _register_cpu_op()
 _HAS_TRITON_OPS = _register_triton_ops()
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend for ``backend`` on ``device``, with an error naming the fix when the pair
-    cannot work."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"kd_loss: backend must be one of {BACKENDS}, got {backend!r}")
+def renamed(new_value, old_value, old: str, new: str, who: str):
+    """The value of a keyword renamed from ``old`` to ``new``: ``old`` still works, with a
+    DeprecationWarning, for one release."""
+    if old_value is None:
+        return new_value
+    warnings.warn(f"{who}: {old}= is deprecated, use {new}=", DeprecationWarning, stacklevel=3)
+    return old_value
+
+
+def resolve_kernel(backend: str, device: torch.device) -> str:
+    """The concrete kernel for ``backend`` (a name of :data:`KERNELS`) on ``device``, with an error naming
+    the fix when the pair cannot work."""
+    if backend not in KERNELS:
+        raise ConfigError(f"kd_loss: kernel must be one of {KERNELS}, got {backend!r}")
     if backend == "auto":
         if device.type == "cuda":
             return "triton" if _HAS_TRITON_OPS else "torch"
         return "cpu" if device.type == "cpu" and _HAS_CPU_OP else "torch"
     if backend == "cpu" and device.type != "cpu":
-        raise ConfigError(f"kd_loss: backend='cpu' needs CPU tensors, got {device}; use backend='auto'")
+        raise ConfigError(f"kd_loss: kernel='cpu' needs CPU tensors, got {device}; use kernel='auto'")
     if backend == "cpu" and not _HAS_CPU_OP:
-        raise ConfigError("kd_loss: backend='cpu' needs the C++ extension kdprune._C; build it with "
-                          "`pip install -e . --no-build-isolation`, or use backend='torch'")
+        raise ConfigError("kd_loss: kernel='cpu' needs the C++ extension kdprune._C; build it with "
+                          "`pip install -e . --no-build-isolation`, or use kernel='torch'")
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ConfigError(f"kd_loss: backend='triton' needs CUDA tensors, got {device} "
-                          "(or set TRITON_INTERPRET=1 before importing triton); use backend='auto'")
+        raise ConfigError(f"kd_loss: kernel='triton' needs CUDA tensors, got {device} "
+                          "(or set TRITON_INTERPRET=1 before importing triton); use kernel='auto'")
     if backend == "triton" and not _HAS_TRITON_OPS:
-        raise ConfigError("kd_loss: backend='triton' needs triton (`pip install triton`) and CUDA; "
-                          "use backend='torch' without them")
+        raise ConfigError("kd_loss: kernel='triton' needs triton (`pip install triton`) and CUDA; "
+                          "use kernel='torch' without them")
     return backend
+
+
+resolve_backend = resolve_kernel
 
 
 def _check_settings(alpha, temperature, reduction, label_smoothing, backend):
@@ -104,8 +118,8 @@ def _check_settings(alpha, temperature, reduction, label_smoothing, backend):
         raise ConfigError(f"kd_loss: label_smoothing must be in [0, 1], got {label_smoothing}")
     if reduction not in REDUCTIONS:
         raise ConfigError(f"kd_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if backend not in BACKENDS:
-        raise ConfigError(f"kd_loss: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in KERNELS:
+        raise ConfigError(f"kd_loss: kernel must be one of {KERNELS}, got {backend!r}")
 
 
 def _check_tensors(student, teacher, labels, backend, inplace=False):
@@ -127,8 +141,8 @@ def _check_tensors(student, teacher, labels, backend, inplace=False):
     if backend != "torch":
         for name, x in (("student", student), ("teacher", teacher)):
             if x.dtype not in _KERNEL_DTYPES:
-                raise ValueError(f"kd_loss: backend {backend!r} takes float32/bfloat16/float16 {name} logits, got "
-                                 f"{x.dtype}; use backend='torch' for {x.dtype}")
+                raise ValueError(f"kd_loss: kernel {backend!r} takes float32/bfloat16/float16 {name} logits, got "
+                                 f"{x.dtype}; use kernel='torch' for {x.dtype}")
 
 
 class _FusedKDLoss(torch.autograd.Function):
@@ -154,7 +168,7 @@ class _FusedKDLoss(torch.autograd.Function):
         if ctx.done:
             raise RuntimeError("kd_loss: a second backward through the same loss (retain_graph=True) is not "
                                "supported: the fused gradient buffer was already scaled and handed on. "
-                               "Recompute the loss, or use backend='torch'")
+                               "Recompute the loss, or use kernel='torch'")
         ctx.done = True
         (grad,) = ctx.saved_tensors
         if ctx.backend == "cpu":
@@ -166,8 +180,9 @@ class _FusedKDLoss(torch.autograd.Function):
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
             alpha: Union[float, str], temperature: float, reduction: str = "mean", ignore_index: int = -100,
-            label_smoothing: float = 0.0, backend: str = "auto", keep_fraction: Optional[float] = None,
-            inplace: bool = False) -> KDOutput:
+            label_smoothing: float = 0.0, kernel: str = "auto", fraction: Optional[float] = None,
+            inplace: bool = False, backend: Optional[str] = None,
+            keep_fraction: Optional[float] = None) -> KDOutput:
     """Fused knowledge-distillation loss.
 
     Per sample ``(1 - alpha) * CE_eps(z, y) + alpha * T^2 * KL(softmax(t/T) || softmax(z/T))``, reduced by
@@ -175,14 +190,26 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     Returns ``KDOutput(loss, ce, kl, el2n)``: ``loss`` is fp32; ``ce``, ``kl`` (at T, without T^2) and
     ``el2n = ||softmax(z) - onehot(y)||_2`` are detached fp32 [B], 0 on ignored rows.
 
-    ``alpha="auto"`` takes ``alpha_for_fraction(keep_fraction)``. ``inplace=True`` writes the gradient
-    into ``student_logits`` (saving a B x C buffer; the logits are overwritten, so nothing else may
-    use them after this call). The gradient flows to the student only; the teacher is a constant.
+    ``kernel``: ``"auto"`` (default), ``"triton"``, ``"cpu"`` or ``"torch"`` (see the module
+    docstring). ``alpha="auto"`` takes ``alpha_for_fraction(fraction)``, ``fraction`` being the kept
+    fraction of the dataset. ``inplace=True`` writes the gradient into ``student_logits`` (saving a
+    B x C buffer; the logits are overwritten, so nothing else may use them after this call). The
+    gradient flows to the student only; the teacher is a constant. ``backend=`` and
+    ``keep_fraction=`` are the deprecated names of ``kernel=`` and ``fraction=``.
+
+    >>> import torch
+    >>> from kdprune import kd_loss
+    >>> z, t, y = torch.randn(4, 10, requires_grad=True), torch.randn(4, 10), torch.tensor([1, 0, 3, 9])
+    >>> out = kd_loss(z, t, y, alpha=0.5, temperature=4.0)
+    >>> out.loss.backward(); out.el2n.shape
+    torch.Size([4])
     """
-    alpha = resolve_alpha(alpha, keep_fraction, "kd_loss")
+    backend = renamed(kernel, backend, "backend", "kernel", "kd_loss")
+    fraction = renamed(fraction, keep_fraction, "keep_fraction", "fraction", "kd_loss")
+    alpha = resolve_alpha(alpha, fraction, "kd_loss")
     temperature, label_smoothing = float(temperature), float(label_smoothing)
     _check_settings(alpha, temperature, reduction, label_smoothing, backend)
-    chosen = resolve_backend(backend, student_logits.device)
+    chosen = resolve_kernel(backend, student_logits.device)
     if backend == "auto" and teacher_logits is not None and \
             {student_logits.dtype, teacher_logits.dtype} - set(_KERNEL_DTYPES):
         chosen = "torch"  # float64 and friends: only the reference computes in them

@@ -530,7 +530,7 @@ def _default_loss(teacher, fraction: float | None, progress: bool):
     if fraction is None:
         raise ConfigError("with a teacher and no loss_fn, fit() picks alpha from the keep fraction, which this "
                           "loader does not tell; pass loss_fn=kdprune.KDLoss(alpha=..., temperature=...)")
-    loss = KDLoss(alpha="auto", keep_fraction=fraction)
+    loss = KDLoss(alpha="auto", fraction=fraction)
     if progress and dist.is_main():
         tqdm.write(f"kdprune.fit: distilling with alpha {loss.alpha:.2f} (the fitted rule at keep fraction "
                    f"{fraction:.3g}), temperature {loss.temperature:g}")

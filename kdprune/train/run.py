@@ -199,7 +199,7 @@ def train_run(cfg: TrainConfig, train_set, test_set, ids=None, *, store=None, ke
     model = build_model(cfg.model, train_set.num_classes, c, **kwargs)
     teacher = _teacher(cfg, alpha, store, teacher_model, train_set, device)
     loss_fn = KDLoss(alpha=alpha, temperature=cfg.temperature, label_smoothing=cfg.label_smoothing,
-                     backend=cfg.loss_backend)
+                     kernel=cfg.loss_backend)
     replay = store if (alpha > 0 and cfg.teacher == "store") else None
     if out_dir and not resume and not overwrite and ckpt.run_state(out_dir) == "finished":
         raise ConfigError(f"{out_dir} holds a finished run (its metrics.json); read that, or pass "
