@@ -58,6 +58,10 @@ class ArrayDataset:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        """``(image uint8 [H, W, C], label)``: a map-style dataset, as torch's DataLoader takes it."""
+        return self.images[i], int(self.labels[i])
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(H, W, C) of one image."""

@@ -1,8 +1,10 @@
 """Loaders that read only the kept sample ids: ``build(backend, source, ids, ...)``.
 
-Backends: ``"torch"`` (an in-memory dataset, or a JPEG folder through a DataLoader with workers;
-always available), ``"ffcv"`` and ``"dali"`` (optional extras, imported only when asked for, reading a
-dataset converted with ``kdprune convert --format ffcv|dali``).
+Backends: ``"torch"`` (any map-style dataset through a DataLoader with workers, or an in-memory
+dataset; always available), ``"ffcv"`` and ``"dali"`` (optional extras, imported only when asked for,
+reading a dataset converted with ``kdprune.convert`` / ``kdprune convert --format ffcv|dali``).
+Images may have any size: every backend cuts the same crop of (seed, view, id), relative to each
+image's own size.
 """
 from __future__ import annotations
 
@@ -18,16 +20,25 @@ BACKENDS = ("torch", "ffcv", "dali")
 
 def build(backend: str, source, ids, *, batch_size: int, train: bool, seed: int = 0, device="cpu",
           distributed=None, drop_last: bool = False, **kwargs):
-    """An iterable of :class:`Batch` over exactly ``ids`` (an IndexSet or an id array) of ``source``,
-    with ``len()`` and ``set_epoch(e)``.
+    """An iterable of :class:`Batch` over exactly ``ids`` of ``source``, with ``len()`` and
+    ``set_epoch(e)``: each epoch serves every id once (per rank under DDP: disjoint equal shards).
 
-    ``source``: for ``"torch"`` an :class:`~kdprune.data.ArrayDataset` or a
-    :class:`~kdprune.data.folder.FolderDataset`; for ``"ffcv"``/``"dali"`` the path of a converted
-    dataset, or the dataset itself with ``path=`` the conversion (then a conversion made from other
-    data is refused as stale). Keywords: ``augment`` (an :class:`~kdprune.data.Augment`, applied in
-    training as view ``epoch % views``), ``views``, ``workers`` (DataLoader processes, FFCV or DALI
-    threads; FFCV's iterating thread also decodes a batch whenever the one it needs is not ready,
-    taking half of the workers' threads meanwhile).
+    ``source``: for ``"torch"`` any map-style dataset whose item is ``(x, y)`` (kdprune's datasets,
+    torchvision datasets, Hugging Face datasets in torch format, your own class); for
+    ``"ffcv"``/``"dali"`` the path of a converted dataset, or the dataset itself with ``path=`` the
+    conversion (then a conversion made from other data is refused as stale). ``ids``: an IndexSet
+    (one made for another dataset is refused) or an id array; None means every sample (evaluation).
+    Keywords: ``augment`` (an :class:`~kdprune.data.Augment`, applied in training as view
+    ``epoch % views``), ``views``, ``image_size`` (int or (H, W): evaluation's resize + centre crop,
+    and the training crop's size when ``augment`` has none; needed for images of different sizes),
+    ``workers`` (DataLoader processes, FFCV or DALI threads).
+
+    >>> import kdprune, torch
+    >>> from kdprune.loaders import build
+    >>> data = kdprune.load_dataset("synthetic", num_samples=100)
+    >>> loader = build("torch", data, None, batch_size=32, train=False)
+    >>> [len(b.ids) for b in loader]
+    [32, 32, 32, 4]
     """
     common = dict(batch_size=batch_size, train=train, seed=seed, device=device, distributed=distributed,
                   drop_last=drop_last)

@@ -1,20 +1,20 @@
 """What every backend shares: the kept ids, the per-epoch order, the augmentation view, the read
 counter, and turning decoded uint8 images into a :class:`Batch`.
 
-A backend only supplies ``_decoded_batches(order)``, which yields ``(images uint8 [B, H, W, C],
-labels [B], ids [B])`` for consecutive ``batch_size`` slices of ``order`` and reads nothing else.
+A backend supplies ``_decoded_batches(order)``, which yields ``(images, labels [B], ids [B])`` for
+consecutive ``batch_size`` slices of ``order`` and reads nothing else; ``images`` is a uint8
+``[B, H, W, C]`` array or a list of uint8 ``[H, W, C]`` images of any sizes, which ``_finish`` crops
+(``kdprune.data.augment.crop_batch``: the replayed view in training, resize + centre crop to
+``image_size`` in evaluation).
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
 
-from kdprune.data import Augment, to_float
+from kdprune.data.augment import Augment, crop_batch
 from kdprune.errors import DataError
 from kdprune.loaders.batch import Batch, check_ids, epoch_order, resolve_distributed
-from kdprune.loaders import recycle
 
 # Set once an FFCV or DALI loader has started native threads in this process (a later fork, such as
 # FFCV's writer workers, is then unsafe: see ffcv_backend.write_beton).
@@ -49,11 +49,13 @@ class ReadCounter:
 
 class KeptIdLoader:
     """Base of every backend: batches of exactly the kept ids, shuffled by (seed, epoch) when
-    ``train``, sharded by rank, augmented with view ``epoch % views`` of ``augment`` when ``train``."""
+    ``train``, sharded by rank, augmented with view ``epoch % views`` of ``augment`` when ``train``;
+    ``image_size`` (an int or (H, W)): the output size of evaluation's resize + centre crop (and of
+    training crops when ``augment`` has no ``out_size``); None keeps images of one size as they are."""
 
     def __init__(self, num_samples: int, ids, *, batch_size: int, train: bool, seed: int = 0,
                  device="cpu", distributed=None, drop_last: bool = False, augment: Augment | None = None,
-                 views: int | None = None):
+                 views: int | None = None, image_size=None):
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
         self.num_samples = int(num_samples)
@@ -64,6 +66,8 @@ class KeptIdLoader:
         self.drop_last = drop_last
         self.augment = augment if train else None
         self.views = views
+        self.image_size = image_size
+        self.name = getattr(self, "name", "the dataset")
         self.epoch = 0
         self._order = None  # (epoch, its order), the last one computed
         self.counter = ReadCounter(self.num_samples)
@@ -105,30 +109,24 @@ class KeptIdLoader:
         raise NotImplementedError
 
     def _finish(self, images, labels, ids, view: int) -> Batch:
-        """uint8 ``[B, H, W, C]`` -> float ``[B, C, H', W']`` in [-1, 1], with the replayed crop."""
-        x = to_float(images, out=self._batch_memory(images.shape))
-        ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
-        if self.augment is not None:
-            x = self.augment.apply(x, view, ids)
+        """uint8 images (``[B, H, W, C]`` or a list of any sizes) -> float ``[B, C, H', W']`` in
+        [-1, 1]: the replayed crop in training, the evaluation crop with ``image_size``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        x = crop_batch(images, ids, augment=self.augment, view=view, image_size=self.image_size,
+                       where=self.name)
         return self._to_device(x, labels, ids)
 
-    def _batch_pool(self, sample_shape, keep: int = 3) -> recycle.BufferPool:
+    def _batch_pool(self, sample_shape, keep: int = 3):
         """The loader's pool of float32 batches of ``batch_size`` samples of ``sample_shape``, whose
         memory is used again once the caller has let go of a batch (made anew for another shape);
         ``keep``: the batches in flight at once (default: the caller's, the one being made, a spare)."""
+        import math
+
+        from kdprune.loaders import recycle
         nbytes = 4 * self.batch_size * math.prod(sample_shape)
         if self._batches is None or self._batches.nbytes != nbytes:
             self._batches = recycle.BufferPool(nbytes, keep=keep)
         return self._batches
-
-    def _batch_memory(self, shape) -> np.ndarray | None:
-        """Float32 memory for a batch of ``shape`` (``batch_size`` samples or fewer) made on the main
-        thread: from the loader's pool when a full batch is ``recycle.FRESH_MAP_BYTES`` or more, where
-        a fresh one is mapped anew and page-faulted in every time (DALI on 256 px JPEGs: 1840 -> 2786
-        samples/s pooled); None (allocate as usual) below it."""
-        if 4 * self.batch_size * math.prod(shape[1:]) < recycle.FRESH_MAP_BYTES:
-            return None
-        return self._batch_pool(shape[1:]).array(shape, np.float32)
 
     def _to_device(self, x: torch.Tensor, labels, ids) -> Batch:
         y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
@@ -137,11 +135,3 @@ class KeptIdLoader:
         return Batch(x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb),
                      ids.to(self.device, non_blocking=nb))
 
-
-def stack_images(images: list, where: str) -> np.ndarray:
-    """Stack decoded images into ``[B, H, W, C]``, or say why a batch of different sizes cannot be."""
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
-        raise DataError(f"{where}: images of different sizes {sorted(shapes)[:3]} in one batch; the loaders "
-                        "need one image size: resize the images to one size first")
-    return np.stack(images)

@@ -39,7 +39,10 @@ def resolve_distributed(distributed) -> tuple[int, int]:
 
 
 def check_ids(ids, num_samples: int) -> np.ndarray:
-    """The kept ids as sorted unique int64, each in ``[0, num_samples)``; an empty set is an error."""
+    """The kept ids as sorted unique int64, each in ``[0, num_samples)``; None means all samples; an
+    empty set is an error."""
+    if ids is None:
+        return np.arange(num_samples, dtype=np.int64)
     ids = np.asarray(getattr(ids, "ids", ids))
     if ids.size == 0:
         raise DataError("the IndexSet is empty: nothing to load; use a larger keep fraction")
@@ -48,6 +51,18 @@ def check_ids(ids, num_samples: int) -> np.ndarray:
         raise DataError(f"sample ids must lie in [0, {num_samples}), found [{ids[0]}, {ids[-1]}]; "
                         "was the IndexSet made for another dataset?")
     return ids
+
+
+def check_subset(ids, fingerprint, name: str) -> None:
+    """Refuse an IndexSet made for another dataset: its meta's dataset fingerprint against
+    ``fingerprint`` (a string, or a function computing it, called only when the IndexSet has one)."""
+    meta = getattr(ids, "meta", None) or {}
+    if not meta.get("dataset_fingerprint"):
+        return
+    from kdprune.provenance import require_same
+    mine = fingerprint() if callable(fingerprint) else fingerprint
+    require_same(meta, (mine, name), what="this IndexSet (subset)",
+                 fix="make the subset from this dataset: re-run `kdprune prune` (or kdprune.prune) on it")
 
 
 def shuffled_range(n: int, seed: int, epoch: int) -> np.ndarray:

@@ -3,29 +3,86 @@ it holds, and the size of each data file, so a loader refuses a missing, truncat
 with a message that says how to redo it.
 
 FFCV: ``NAME.beton`` plus ``NAME.beton.json``. DALI: a directory holding ``manifest.json`` and its data
-files (``images.npy`` for raw arrays, or ``files.txt``, a DALI file list of ``path sample_id`` lines,
-for JPEG folders) and ``labels.npy``.
+files (``images.npy`` for raw arrays, or ``files.txt``, a DALI file list of ``path sample_id`` lines
+naming the original JPEGs, for JPEG folders) and ``labels.npy``. Images keep their own sizes in both.
+
+:func:`convert` is ``kdprune.convert``, what ``kdprune convert`` runs.
 """
 from __future__ import annotations
 
 import json
 import os
 
+import numpy as np
+
 from kdprune.errors import DataError
 
 VERSION = 1
 
 
+def convert(dataset, format: str, path, *, workers: int = 2) -> dict:
+    """Write ``dataset`` at ``path`` in the form the ``"ffcv"`` or ``"dali"`` loader backend reads,
+    with a manifest recording the dataset's fingerprint (a conversion of other data is refused as
+    stale); returns the manifest. Images keep their own sizes: FFCV stores each JPEG at its own size
+    (up to the writer's ``max_resolution``), DALI lists the original files.
+
+    ``dataset``: kdprune's JPEG folder or in-memory dataset, or a dataset that lists its image files
+    (torchvision's ``ImageFolder``). ``path``: a ``NAME.beton`` file for FFCV, a directory for DALI.
+
+    >>> import kdprune, tempfile, os
+    >>> data = kdprune.load_dataset("synthetic", num_samples=40)
+    >>> out = os.path.join(tempfile.mkdtemp(), "train_dali")
+    >>> kdprune.convert(data, "dali", out)["num_samples"]
+    40
+    """
+    from kdprune.loaders import require_backend
+    path = os.fspath(path)
+    if format == "dali":
+        from kdprune.loaders.dali_backend import write_dali
+        return write_dali(dataset, path)
+    if format == "ffcv":
+        require_backend("ffcv")
+        from kdprune.loaders.ffcv_backend import write_beton
+        return write_beton(dataset, path, workers=workers)
+    raise DataError(f"unknown conversion format {format!r}; choose 'ffcv' or 'dali'")
+
+
 def source_info(source) -> dict:
     """What a manifest records about the dataset it was converted from."""
-    from kdprune.data.folder import FolderDataset
-    info = {"source": source.name, "fingerprint": source.fingerprint, "num_samples": len(source),
-            "num_classes": int(source.num_classes)}
-    if isinstance(source, FolderDataset):
-        info.update(encoding="jpeg", root=source.root)
+    from kdprune.dropin import dataset_name, fingerprint
+    labels = source_labels(source)
+    num_classes = getattr(source, "num_classes", None)
+    if num_classes is None:
+        classes = getattr(source, "classes", None)
+        num_classes = len(classes) if classes else int(labels.max()) + 1
+    info = {"source": dataset_name(source), "fingerprint": fingerprint(source), "num_samples": len(source),
+            "num_classes": int(num_classes)}
+    if file_list(source) is not None:
+        info.update(encoding="jpeg", root=getattr(source, "root", None))
     else:
-        info.update(encoding="raw", image_shape=list(source.image_shape))
+        shape = getattr(source, "image_shape", None)
+        info.update(encoding="raw", image_shape=list(shape) if shape is not None and not callable(shape) else None)
     return info
+
+
+def source_labels(source) -> np.ndarray:
+    """The labels of every sample of ``source`` (read from its attributes, or item by item)."""
+    from kdprune.dropin import dataset_labels
+    labels = dataset_labels(source)
+    if labels is None:
+        labels = [int(source[i][1]) for i in range(len(source))]
+    return np.asarray(labels, dtype=np.int64)
+
+
+def file_list(source) -> list[str] | None:
+    """The image file of each sample, for a dataset that lists them (kdprune's JPEG folder: ``.paths``;
+    torchvision's ``ImageFolder``: ``.samples``), else None."""
+    if isinstance(getattr(source, "paths", None), list):
+        return [os.path.abspath(p) for p in source.paths]
+    samples = getattr(source, "samples", None)
+    if isinstance(samples, list) and samples and isinstance(samples[0], tuple):
+        return [os.path.abspath(p) for p, _ in samples]
+    return None
 
 
 def manifest_path(path: str, fmt: str) -> str:
@@ -79,8 +136,5 @@ def read_manifest(path: str, fmt: str, source=None) -> dict:
 
 def check_index_fingerprint(ids, manifest: dict) -> None:
     """An IndexSet made for another dataset is refused (its meta names the dataset's fingerprint)."""
-    meta = getattr(ids, "meta", None) or {}
-    mine = meta.get("dataset_fingerprint")
-    if mine and mine != manifest["fingerprint"]:
-        raise DataError(f"this IndexSet was made for dataset {mine}, but the converted data holds "
-                        f"{manifest['fingerprint']} ({manifest['source']}); re-run `kdprune prune` on it")
+    from kdprune.loaders.batch import check_subset
+    check_subset(ids, manifest["fingerprint"], manifest["source"])

@@ -104,3 +104,20 @@ def box_table(augment, view: int, ids: np.ndarray, height: int, width: int) -> n
     int64 ``[B, 5]`` rows of (top, left, h, w, flip)."""
     box, flips = augment.boxes(view, np.asarray(ids, dtype=np.int64), height, width)
     return np.ascontiguousarray(np.column_stack([box, flips]), dtype=np.int64)
+
+
+def crop_each_into(images, boxes: np.ndarray, flips: np.ndarray, out: np.ndarray, pool=None) -> np.ndarray:
+    """``crop_resize_into`` for each uint8 ``[H, W, C]`` image of a list of any sizes, to its box
+    (``boxes [n, 4]``, ``flips [n]``, as ``kdprune.data.augment.crop_plan`` gives them), into float32
+    ``out [n, C, H', W']``; spread over ``pool`` (a ``concurrent.futures`` executor) when given."""
+    def one(k):
+        top, left, h, w = (int(v) for v in boxes[k])
+        crop_resize_into(images[k], top, left, h, w, bool(flips[k]), out[k])
+
+    if pool is None:
+        for k in range(len(images)):
+            one(k)
+    else:
+        for _ in pool.map(one, range(len(images))):
+            pass
+    return out

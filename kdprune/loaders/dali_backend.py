@@ -1,18 +1,26 @@
-"""The DALI backend: CPU pipelines (``device_id=None``) fed by ``external_source`` with exactly the
+"""The DALI backend: a CPU pipeline (``device_id=None``) fed by ``external_source`` with exactly the
 kept ids of each batch, in our (seed, epoch) order and this rank's shard of it.
 
-A converted DALI dataset is a directory (see :func:`write_dali`): raw arrays as one ``images.npy``
-(memory-mapped, so a batch reads only its rows), or for a JPEG folder a DALI file list ``files.txt``
-of ``path sample_id`` lines, whose files DALI's decoder (``fn.decoders.image``, ``workers`` threads)
-turns into RGB images. The source callback reads the bytes and counts each id it reads. The replayed
-training crop is cut from DALI's uint8 batches by the numba kernel the FFCV backend uses
-(``crop_kernel.crop_batch_into``), not by DALI's own crop and resize, whose sampling differs from the
-teacher store's (grid_sample's).
+A converted DALI dataset is a directory (see :func:`write_dali`): for JPEGs a DALI file list
+``files.txt`` of ``path sample_id`` lines naming the original files, each at its own size, which
+DALI's decoder (``fn.decoders.image``, ``workers`` threads) turns into RGB images; raw arrays as one
+``images.npy`` (memory-mapped, so a batch reads only its rows). The source callback reads the bytes
+and counts each id it reads.
 
-Why ``external_source`` rather than ``fn.readers.file(files=..., labels=ids, shard_id=, num_shards=)``:
-the reader shuffles with its own buffered RNG and splits shards into contiguous ranges of possibly
+Crops: each decoded image is cut to the box ``kdprune.data.augment.crop_plan`` gives it (the
+replayed view ``epoch % views`` in training, resize + centre crop to ``image_size`` in evaluation),
+relative to its own size, by the numba kernel ``crop_kernel.crop_resize_into`` on ``workers``
+threads: grid_sample's bilinear sampling in float64 coordinates, so batches equal the torch
+backend's (and the teacher store's views) to float32 rounding. DALI's own crop and resize sample
+differently (antialiasing, other pixel centres), which would give the student other crops than the
+teacher's.
+
+Why ``external_source`` rather than ``fn.readers.file(file_list=..., shard_id=, num_shards=)``: the
+reader shuffles with its own buffered RNG and splits shards into contiguous ranges of possibly
 different lengths, so it could not serve the order and the equal, disjoint shards that the torch and
 FFCV backends serve for the same (seed, epoch).
+
+Batches are allocated fresh for each step (``torch.empty``); DALI keeps its own decode buffers.
 """
 from __future__ import annotations
 
@@ -21,33 +29,40 @@ import os
 import numpy as np
 import torch
 
+from kdprune.atomic import atomic_open
+from kdprune.data.augment import crop_plan
 from kdprune.errors import DataError
 from kdprune.loaders.base import NATIVE_THREADS, KeptIdLoader
-from kdprune.loaders.converted import check_index_fingerprint, read_manifest, source_info, write_manifest
+from kdprune.loaders.converted import (check_index_fingerprint, file_list, read_manifest, source_info,
+                                       source_labels, write_manifest)
 
 
-def write_dali(source, path: str) -> dict:
-    """Convert an :class:`ArrayDataset` to ``path/images.npy`` + ``labels.npy``, or a JPEG
-    :class:`FolderDataset` to the file list ``path/files.txt`` + ``labels.npy``; returns the manifest."""
-    from kdprune.data.folder import FolderDataset
+def write_dali(source, path) -> dict:
+    """Convert a dataset for the DALI backend at directory ``path``; returns the manifest.
+
+    A JPEG folder (or any dataset listing its JPEG files, as torchvision's ``ImageFolder`` does) is
+    written as the file list ``files.txt`` of its original files, each kept at its own size; an
+    in-memory :class:`~kdprune.data.ArrayDataset` as ``images.npy``. Both get ``labels.npy``."""
+    path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
+    info = source_info(source)
+    with atomic_open(os.path.join(path, "labels.npy"), "wb") as f:
+        np.save(f, source_labels(source))
     files = ["labels.npy"]
-    _save_atomic(os.path.join(path, "labels.npy"), lambda f: np.save(f, np.asarray(source.labels, np.int64)))
-    if isinstance(source, FolderDataset):
-        lines = "".join(f"{p} {i}\n" for i, p in enumerate(source.paths))
-        _save_atomic(os.path.join(path, "files.txt"), lambda f: f.write(lines.encode()))
+    paths = file_list(source)
+    if paths is not None:
+        with atomic_open(os.path.join(path, "files.txt"), "w") as f:
+            f.write("".join(f"{p} {i}\n" for i, p in enumerate(paths)))
         files.append("files.txt")
-    else:
-        _save_atomic(os.path.join(path, "images.npy"), lambda f: np.save(f, np.ascontiguousarray(source.images)))
+    elif hasattr(source, "images"):
+        with atomic_open(os.path.join(path, "images.npy"), "wb") as f:
+            np.save(f, np.ascontiguousarray(source.images))
         files.append("images.npy")
-    return write_manifest(path, "dali", source_info(source), files)
-
-
-def _save_atomic(path: str, write) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
+    else:
+        raise DataError(f"{info['source']}: the DALI backend reads JPEG files or in-memory uint8 arrays; this "
+                        "dataset has neither a list of its image files (.paths or .samples) nor .images: read "
+                        "it with the torch backend (loaders.build('torch', dataset, ids))")
+    return write_manifest(path, "dali", info, files)
 
 
 class _BatchSource:
@@ -62,7 +77,6 @@ class _BatchSource:
         ids = self.order[info.iteration * bs:(info.iteration + 1) * bs]
         if len(ids) == 0:
             raise StopIteration
-        # dense batches ([B, ...] arrays) where the samples allow: far cheaper than lists of arrays
         labels = np.ascontiguousarray(self.loader.labels[ids], dtype=np.int64)[:, None]
         return self.loader.read(ids), labels, np.ascontiguousarray(ids, dtype=np.int64)[:, None]
 
@@ -70,9 +84,11 @@ class _BatchSource:
 class DALILoader(KeptIdLoader):
     """Batches of the kept ids of a converted DALI dataset (see :func:`write_dali`)."""
 
-    def __init__(self, path: str, ids, *, source=None, workers: int = 2, **kwargs):
+    def __init__(self, path, ids, *, source=None, workers: int = 2, **kwargs):
+        path = os.fspath(path)
         manifest = read_manifest(path, "dali", source)
         check_index_fingerprint(ids, manifest)
+        self.name = manifest["source"]
         super().__init__(manifest["num_samples"], ids, **kwargs)
         self.path, self.manifest, self.workers = path, manifest, max(int(workers), 1)
         self.jpeg = manifest["encoding"] == "jpeg"
@@ -88,6 +104,7 @@ class DALILoader(KeptIdLoader):
         self._source = _BatchSource(self)
         self._pipe = None
         self._serving = None  # a token for the epoch being served
+        self._threads = None  # the crop threads
 
     def read(self, ids):
         """The stored samples ``ids``, counted as read: a list of encoded JPEGs, or one raw array."""
@@ -99,7 +116,7 @@ class DALILoader(KeptIdLoader):
                     out.append(np.fromfile(self.files[i], dtype=np.uint8))
                 except OSError as err:
                     raise DataError(f"cannot read {self.files[i]} listed in {self.path}/files.txt ({err}); "
-                                    "re-run `kdprune convert --format dali` on the folder") from err
+                                    "re-run `kdprune convert --format dali` on the dataset") from err
             return out
         rows = self.images[np.sort(ids)]  # one sorted gather from the memory map
         return np.ascontiguousarray(rows[np.argsort(np.argsort(ids))])
@@ -146,27 +163,29 @@ class DALILoader(KeptIdLoader):
                 else:  # left mid-epoch: DALI's prefetched batches belong to this epoch, start afresh
                     self._pipe = None
 
+    def _as_arrays(self, images, labels, ids):
+        """DALI's outputs as numpy: the images as one array (raw) or a list of any sizes (JPEGs)."""
+        images = [images.at(k) for k in range(len(images))] if self.jpeg else images.as_array()
+        return images, labels.as_array().reshape(-1), ids.as_array().reshape(-1)
+
     def _finish(self, images, labels, ids, view):
-        """The replayed crop straight from DALI's uint8 batch, by ``crop_kernel.crop_batch_into``
-        (grid_sample's sampling, samples spread over numba's threads): no float copy of the whole
-        images is made first, which for 256 images of 256 px is 200 MB per batch. A large batch of crops
-        (256 of 224 px: 154 MB) goes into pooled memory (``_batch_memory``): fresh, it was mapped anew
-        by malloc and page-faulted in every time."""
-        if self.augment is None:
+        """Each image cut to its box by ``crop_kernel`` (see the module's docstring)."""
+        plan = crop_plan([im.shape for im in images], ids, augment=self.augment, view=view,
+                         image_size=self.image_size, where=self.name)
+        if plan is None:
             return super()._finish(images, labels, ids, view)
-        from kdprune.loaders.crop_kernel import box_table, crop_batch_into
-        n, height, width, channels = images.shape
-        out_h, out_w = self.augment.out_size or (height, width)
-        shape = (n, channels, out_h, out_w)
-        memory = self._batch_memory(shape)
-        out = torch.empty(shape, dtype=torch.float32) if memory is None else torch.from_numpy(memory)
-        crop_batch_into(images, box_table(self.augment, view, ids, height, width), out.numpy())
+        from kdprune.loaders.crop_kernel import crop_batch_into, crop_each_into
+        boxes, flips, (out_h, out_w) = plan
+        out = torch.empty((len(images), images[0].shape[2], out_h, out_w), dtype=torch.float32)
+        if isinstance(images, np.ndarray):  # raw arrays of one size: numba's parallel loop
+            table = np.ascontiguousarray(np.column_stack([boxes, flips]), dtype=np.int64)
+            crop_batch_into(images, table, out.numpy())
+        else:
+            crop_each_into(images, boxes, flips, out.numpy(), pool=self._crop_threads())
         return self._to_device(out, labels, ids)
 
-    def _as_arrays(self, images, labels, ids):
-        try:
-            images = images.as_array()
-        except (RuntimeError, ValueError) as err:
-            raise DataError(f"{self.path}: images of different sizes in one batch ({err}); the loaders "
-                            "need one image size: resize the images to one size first") from err
-        return images, labels.as_array().reshape(-1), ids.as_array().reshape(-1)
+    def _crop_threads(self):
+        if self._threads is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="kdprune-crop")
+        return self._threads

@@ -1,25 +1,35 @@
-"""The plain PyTorch backend: an in-memory :class:`~kdprune.data.ArrayDataset`, indexed in the main
-process, or a JPEG :class:`~kdprune.data.folder.FolderDataset` through a ``torch.utils.data.DataLoader``
-whose worker processes read and decode only the ids of their batches.
+"""The plain PyTorch backend: any map-style dataset whose item is ``(x, y)`` (kdprune's JPEG folder,
+a torchvision dataset, a Hugging Face dataset in torch format, a class of yours) through a
+``torch.utils.data.DataLoader`` whose worker processes read only the ids of their batches; or an
+in-memory :class:`~kdprune.data.ArrayDataset`, indexed in the main process.
 
-The DataLoader's sampler plays DistributedSampler's part: it yields this rank's shard of the epoch's
-permutation (``epoch_order``, the same on every backend), so shards are disjoint and equal-length.
+The DataLoader's batch sampler plays DistributedSampler's part: it yields this rank's shard of the
+epoch's permutation (``epoch_order``, the same on every backend), so shards are disjoint and
+equal-length. Inputs that are images (uint8 arrays ``[H, W(, C)]``, PIL images, uint8 tensors
+``[C, H, W]``) are turned into the model's batch in the workers by ``crop_batch``: the replayed view
+``epoch % views`` of ``augment`` in training, resize + centre crop to ``image_size`` in evaluation,
+whatever each image's size. Float tensors are taken as inputs the dataset already made.
+
+An error raised while reading or collating a batch in a worker reaches the caller as one
+:class:`~kdprune.errors.DataError` naming the sample, not as a worker's traceback.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from kdprune.data import Augment, to_float
-from kdprune.loaders.batch import Batch
-from kdprune.loaders.base import NATIVE_THREADS, KeptIdLoader, ReadCounter, stack_images
+from kdprune.data.augment import Augment, crop_batch
+from kdprune.errors import DataError, KDPruneError
+from kdprune.loaders.base import NATIVE_THREADS, KeptIdLoader, ReadCounter
+from kdprune.loaders.batch import Batch, check_subset
 
 
 class ArrayLoader(KeptIdLoader):
     """Batches of the kept ids of an in-memory dataset; each step indexes only the ids of its batch."""
 
     def __init__(self, dataset, ids, **kwargs):
+        self.dataset, self.name = dataset, dataset.name
         super().__init__(len(dataset), ids, **kwargs)
-        self.dataset = dataset
 
     def _decoded_batches(self, order):
         for start in range(0, len(order), self.batch_size):
@@ -28,43 +38,84 @@ class ArrayLoader(KeptIdLoader):
             yield self.dataset.images[ids], self.dataset.labels[ids], ids
 
 
-class _FolderSamples(torch.utils.data.Dataset):
-    """Map-style view of a folder: item ``(id, view)`` reads and decodes file ``id`` only."""
+class _Failure(tuple):
+    """What a worker returns instead of raising: the message the caller raises as a DataError."""
 
-    def __init__(self, folder, counter: ReadCounter):
-        self.folder, self.counter = folder, counter
+
+class _Samples(torch.utils.data.Dataset):
+    """Item ``(id, view)``: sample ``id`` of the dataset as ``(x, y, id, view)``, read and counted
+    in the worker; an exception comes back as a ``_Failure`` naming the sample."""
+
+    def __init__(self, dataset, counter: ReadCounter, name: str):
+        self.dataset, self.counter, self.name = dataset, counter, name
 
     def __len__(self):
-        return len(self.folder)
+        return len(self.dataset)
 
     def __getitem__(self, item):
+        from kdprune.dropin import with_ids
         i, view = item
-        image = self.folder.decode(i)
+        try:
+            x, y, _ = with_ids(self.dataset)[i]
+        except Exception as err:  # noqa: BLE001 -- handed to the caller as one clear message
+            return _Failure((_describe(err, f"reading sample {i} of {self.name}"),))
         self.counter.note([i])
-        return image, int(self.folder.labels[i]), i, view
+        return x, y, i, view
+
+
+def _describe(err: BaseException, doing: str) -> str:
+    if isinstance(err, KDPruneError):
+        return str(err)
+    return f"{doing} failed: {type(err).__name__}: {err}"
+
+
+def _as_image(x):
+    """uint8 ``[H, W, C]`` for an image input (PIL, uint8 array or uint8 ``[C, H, W]`` tensor), or None
+    for an input the dataset already made (a float tensor or array)."""
+    if hasattr(x, "getbands"):  # a PIL image
+        x = np.array(x if x.mode in ("L", "RGB") else x.convert("RGB"))
+    elif torch.is_tensor(x):
+        if x.dtype != torch.uint8:
+            return None
+        x = x.numpy().transpose(1, 2, 0) if x.ndim == 3 else x.numpy()  # torchvision's [C, H, W]
+    x = np.asarray(x)
+    if x.dtype != np.uint8:
+        return None
+    return x[..., None] if x.ndim == 2 else x
 
 
 class _Collate:
-    """Stack a batch and, in training, apply the replayed crop there, so the resampling runs in the
-    worker processes in parallel rather than serially in the main process."""
+    """A batch's samples -> ``(x, y, ids)``, images cropped here, in the worker processes."""
 
-    def __init__(self, augment: Augment | None, where: str):
-        self.augment, self.where = augment, where
+    def __init__(self, augment: Augment | None, image_size, name: str):
+        self.augment, self.image_size, self.name = augment, image_size, name
 
     def __call__(self, samples):
-        images, labels, ids, views = zip(*samples)
-        x = to_float(stack_images(list(images), self.where))
-        ids = torch.tensor(ids, dtype=torch.int64)
-        if self.augment is not None:
-            x = self.augment.apply(x, views[0], ids)
-        return x, torch.tensor(labels, dtype=torch.int64), ids
+        failed = [s for s in samples if isinstance(s, _Failure)]
+        if failed:
+            return failed[0]
+        xs, ys, ids, views = zip(*samples)
+        try:
+            y = torch.as_tensor(np.asarray([int(v) for v in ys], dtype=np.int64))
+            ids_t = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+            return self._inputs(xs, ids_t, views[0]), y, ids_t
+        except Exception as err:  # noqa: BLE001
+            return _Failure((_describe(err, f"making a batch of samples {list(ids)[:4]}... of {self.name}"),))
+
+    def _inputs(self, xs, ids, view):
+        images = [_as_image(x) for x in xs]
+        if all(im is not None for im in images):
+            return crop_batch(images, ids, augment=self.augment, view=view, image_size=self.image_size,
+                              where=self.name)
+        x = torch.stack([torch.as_tensor(v) for v in xs])  # inputs the dataset made
+        return self.augment.apply(x, view, ids) if self.augment is not None else x
 
 
 class _EpochBatches(torch.utils.data.Sampler):
     """Batches of ``(id, view)`` for the loader's current epoch (read when an epoch starts, so
     ``set_epoch`` takes effect with persistent workers too)."""
 
-    def __init__(self, loader: "FolderLoader"):
+    def __init__(self, loader: "DatasetLoader"):
         self.loader = loader
 
     def __len__(self):
@@ -76,13 +127,12 @@ class _EpochBatches(torch.utils.data.Sampler):
             yield [(int(i), view) for i in order[start:start + bs]]
 
 
-class FolderLoader(KeptIdLoader):
-    """A DataLoader with ``workers`` processes over the kept ids of a JPEG folder."""
+class DatasetLoader(KeptIdLoader):
+    """A DataLoader with ``workers`` processes over the kept ids of a map-style dataset."""
 
-    def __init__(self, folder, ids, *, workers: int = 2, **kwargs):
-        super().__init__(len(folder), ids, **kwargs)
-        self.folder = folder
-        self.workers = int(workers)
+    def __init__(self, dataset, ids, *, workers: int = 2, name: str = "the dataset", **kwargs):
+        self.dataset, self.workers, self.name = dataset, int(workers), name
+        super().__init__(len(dataset), ids, **kwargs)
         self._loader = None
 
     def _data_loader(self):
@@ -90,23 +140,32 @@ class FolderLoader(KeptIdLoader):
             # forking after FFCV's or DALI's native threads started can deadlock the workers: spawn then
             context = "spawn" if NATIVE_THREADS["started"] and self.workers > 0 else None
             self._loader = torch.utils.data.DataLoader(
-                _FolderSamples(self.folder, self.counter), batch_sampler=_EpochBatches(self),
-                num_workers=self.workers, collate_fn=_Collate(self.augment, self.folder.name),
+                _Samples(self.dataset, self.counter, self.name), batch_sampler=_EpochBatches(self),
+                num_workers=self.workers, collate_fn=_Collate(self.augment, self.image_size, self.name),
                 persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers > 0 else None,
                 multiprocessing_context=context)
         return self._loader
 
     def __iter__(self):
         nb = self.device.type == "cuda"
-        for x, y, ids in self._data_loader():
+        for out in self._data_loader():
+            if isinstance(out, _Failure):
+                raise DataError(out[0])
+            x, y, ids = out
             yield Batch(x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb),
                         ids.to(self.device, non_blocking=nb))
 
 
 def make_torch_loader(source, ids, **kwargs) -> KeptIdLoader:
-    """The torch backend for an in-memory dataset or a JPEG folder."""
-    from kdprune.data.folder import FolderDataset
-    if isinstance(source, FolderDataset):
-        return FolderLoader(source, ids, **kwargs)
-    kwargs.pop("workers", None)  # in-memory indexing needs no workers
-    return ArrayLoader(source, ids, **kwargs)
+    """The torch backend for ``source``: an in-memory ArrayDataset, or any map-style dataset."""
+    from kdprune.data import ArrayDataset
+    from kdprune.dropin import dataset_name, fingerprint
+    if not hasattr(source, "__getitem__") or not hasattr(source, "__len__"):
+        raise DataError(f"the torch backend reads a map-style dataset (with __getitem__ and __len__), got "
+                        f"{type(source).__name__}")
+    name = dataset_name(source)
+    check_subset(ids, lambda: fingerprint(source), name)
+    if isinstance(source, ArrayDataset):
+        kwargs.pop("workers", None)  # in-memory indexing needs no workers
+        return ArrayLoader(source, ids, **kwargs)
+    return DatasetLoader(source, ids, name=name, **kwargs)
