@@ -51,3 +51,36 @@ def require_same(made_for, used_with, *, what: str, fix: str, missing_ok: bool =
     elif not missing_ok:
         raise ProvenanceError(f"{what} records no dataset fingerprint, so it cannot be checked against "
                               f"{want}; {fix}")
+
+
+def dataset_flags(name: str | None) -> str:
+    """The `kdprune` flags that load the dataset called ``name`` (as kdprune's loaders name them), or
+    ``--dataset ...`` when the name does not say."""
+    import re
+
+    if not name:
+        return "--dataset ..."
+    m = re.fullmatch(r"synthetic-(\d+)x\d+-.*", name)
+    if m:
+        return f"--dataset synthetic --synthetic-samples {m.group(1)}"
+    if name.startswith("folder:"):
+        return "--dataset folder --data-dir ROOT"
+    base = name.split("/")[0]
+    return f"--dataset {base}" + ("" if base == "fashion-mnist" else " --data-dir DIR")
+
+
+def check_model(model_path, dataset, *, what: str = "the teacher") -> None:
+    """Stop when the model saved at ``model_path`` (its ``model.pt.json``) was trained on another
+    dataset than ``dataset``; the error names both and the flags that load the model's dataset."""
+    import json
+    import os
+
+    spec_path = os.fspath(model_path) + ".json"
+    if not os.path.exists(spec_path):
+        return
+    with open(spec_path) as f:
+        spec = json.load(f)
+    made = dataset_id(spec)
+    require_same(made, dataset, what=f"{what} {os.fspath(model_path)}",
+                 fix=f"use the dataset it was trained on ({dataset_flags(made.name)}), or train a teacher on "
+                     "this dataset with `kdprune teacher`")

@@ -28,12 +28,15 @@ def run(args):
     from kdprune.data import Augment
     from kdprune.errors import ConfigError
     from kdprune.models import load_model
+    from kdprune.provenance import check_model
     from kdprune.logits import write_teacher_logits
     from kdprune.store.fill import checkpoint_description
 
     if args.views < 1:
         raise ConfigError(f"--views must be >= 1, got {args.views}")
     dataset = load_from_args(args, args.split)
+    if args.split == "train":
+        check_model(args.teacher, dataset)  # a teacher's logits on its own training set, or an error
     model = load_model(args.teacher)
     augment = Augment(seed=args.augment_seed) if (args.views > 1 or args.augment) else None
     store = write_teacher_logits(model, dataset, args.out, views=args.views, augment=augment,

@@ -180,6 +180,9 @@ def train_run(cfg: TrainConfig, train_set, test_set, ids=None, *, store=None, ke
     from kdprune.models import build_model, model_kwargs, save_model
 
     cfg.validate()
+    if out_dir and not resume and not overwrite and ckpt.run_state(out_dir) == "finished":
+        raise ConfigError(f"{out_dir} holds a finished run (its metrics.json); read that, or pass "
+                          "overwrite=True (--overwrite) to train again, or resume=True to reuse its checkpoint")
     device = dist.setup(cfg.device)
     per_rank_batch = cfg.per_rank_batch(dist.world_size())
     if cfg.rs2 and ids is not None:
@@ -201,9 +204,6 @@ def train_run(cfg: TrainConfig, train_set, test_set, ids=None, *, store=None, ke
     loss_fn = KDLoss(alpha=alpha, temperature=cfg.temperature, label_smoothing=cfg.label_smoothing,
                      kernel=cfg.loss_backend)
     replay = store if (alpha > 0 and cfg.teacher == "store") else None
-    if out_dir and not resume and not overwrite and ckpt.run_state(out_dir) == "finished":
-        raise ConfigError(f"{out_dir} holds a finished run (its metrics.json); read that, or pass "
-                          "overwrite=True (--overwrite) to train again, or resume=True to reuse its checkpoint")
     train_loader, test_loader = _loaders(cfg, train_set, test_set, ids, replay, device, per_rank_batch,
                                          sources)
     run_cfg = TrainConfig.from_dict({**cfg.as_dict(), "device": str(device)})
