@@ -80,12 +80,13 @@ class TeacherStore:
             store.check_fingerprint(expect_fingerprint)
         return store
 
-    def check_fingerprint(self, expected) -> None:
+    def check_fingerprint(self, expected, missing_ok: bool = False) -> None:
         """Raise ProvenanceError unless this store was written for dataset ``expected`` (a fingerprint,
-        a dataset, or anything :func:`kdprune.provenance.dataset_id` reads)."""
+        a dataset, or anything :func:`kdprune.provenance.dataset_id` reads); a store that records no
+        fingerprint is an error too unless ``missing_ok``."""
         from kdprune.provenance import require_same
 
-        require_same(self.meta, expected, what=f"the teacher store {self.path}", missing_ok=False,
+        require_same(self.meta, expected, what=f"the teacher store {self.path}", missing_ok=missing_ok,
                      fix=f"compute the teacher's logits on the dataset used here with `kdprune logits "
                          f"--teacher TEACHER/model.pt --dataset ... --out NEW_STORE` {self.rebuild_hint()}")
 

@@ -130,7 +130,7 @@ def _teacher(cfg: TrainConfig, alpha: float, store, teacher_model, train_set, de
             raise ConfigError(f"alpha={alpha} distils from a teacher, but the run has none: pass a teacher "
                               "store (--store DIR, made by `kdprune logits`), or distil online (--teacher online "
                               "--teacher-model TEACHER/model.pt), or set --alpha 0 for cross-entropy only")
-        store.check_fingerprint(train_set)
+        store.check_fingerprint(train_set, missing_ok=True)  # a store of the user's own making may have none
         return StoredTeacher(store, train_set.fingerprint, len(train_set), train_set.num_classes)
     if teacher_model is None:
         raise ConfigError("teacher='online' needs a teacher model (--teacher-model PATH from `kdprune teacher`)")
@@ -202,7 +202,7 @@ def train_run(cfg: TrainConfig, train_set, test_set, ids=None, *, store=None, ke
     model = build_model(cfg.model, train_set.num_classes, c, **kwargs)
     teacher = _teacher(cfg, alpha, store, teacher_model, train_set, device)
     loss_fn = KDLoss(alpha=alpha, temperature=cfg.temperature, label_smoothing=cfg.label_smoothing,
-                     kernel=cfg.loss_backend)
+                     kernel=cfg.loss_kernel)
     replay = store if (alpha > 0 and cfg.teacher == "store") else None
     train_loader, test_loader = _loaders(cfg, train_set, test_set, ids, replay, device, per_rank_batch,
                                          sources)
