@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -142,10 +142,11 @@ def ours(z, t, y):
 
 
 def inputs(B, C, dtype, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    z = (torch.randn(B, C, generator=g) * 3).to(device=device, dtype=dtype).requires_grad_()
-    t = (torch.randn(B, C, generator=g) * 3).to(device=device, dtype=dtype)
-    y = torch.randint(0, C, (B,), generator=g).to(device)
+    """Student logits (a leaf that requires grad), teacher logits and labels, drawn on ``device``."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    z = (torch.randn(B, C, generator=g, device=device) * 3).to(dtype).requires_grad_()
+    t = (torch.randn(B, C, generator=g, device=device) * 3).to(dtype)
+    y = torch.randint(0, C, (B,), generator=g, device=device)
     return z, t, y
 
 
@@ -170,15 +171,21 @@ def liger_error(liger, device: str) -> float:
     return float((got.float() - want.float()).abs())
 
 
-def gpu_time(fn, *, warmup: int = 3, repeat: int = 7, target_ms: float = 25.0) -> dict:
-    """Milliseconds per call of ``fn`` on the current CUDA stream: CUDA events around ``inner``
-    back-to-back calls (``inner`` chosen so one measurement lasts about ``target_ms``), median, min and
-    max over ``repeat`` measurements."""
+def gpu_time(fn, *, warmup: int = 3, repeat: int = 7, target_ms: float = 25.0, device: str = "cuda") -> dict:
+    """Milliseconds per call of ``fn``: CUDA events on the current stream around ``inner`` back-to-back
+    calls (``inner`` chosen so one measurement lasts about ``target_ms``), median, min and max over
+    ``repeat`` measurements. On a CPU ``device`` the wall clock stands in for the events."""
     for _ in range(warmup):
         fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    cuda = device.startswith("cuda")
+    start, end = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if cuda else (None, None)
 
     def measure(inner):
+        if not cuda:
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            return (time.perf_counter() - t0) * 1e3 / inner
         start.record()
         for _ in range(inner):
             fn()
@@ -233,13 +240,16 @@ def cpu_section(args) -> list[dict]:
     return rows
 
 
-def gpu_impls(liger) -> dict:
-    """Name -> (function, needs its own copy of z). torch.compile is made fresh per configuration."""
-    impls = {"ours (Triton)": (ours, False), "eager composite": (composite, False),
-             "torch.compile composite": (torch.compile(composite, dynamic=False), False)}
-    if liger is not None:
-        impls["Liger CE + KL"] = (liger, True)
-    return impls
+IMPLS = {"ours": "ours (Triton)", "eager": "eager composite", "compile": "torch.compile composite",
+         "liger": "Liger CE + KL"}
+
+
+def gpu_impls(liger, chosen=tuple(IMPLS)) -> dict:
+    """Name -> (function, needs its own copy of z) for the ``chosen`` keys of ``IMPLS`` (Liger only when
+    it imports). torch.compile is made fresh for each configuration, with static shapes."""
+    make = {"ours": lambda: (ours, False), "eager": lambda: (composite, False),
+            "compile": lambda: (torch.compile(composite, dynamic=False), False), "liger": lambda: (liger, True)}
+    return {IMPLS[k]: make[k]() for k in IMPLS if k in chosen and (k != "liger" or liger is not None)}
 
 
 def config_rows(B, C, dtype, times: dict, fwd: dict | None, device_name: str, peak) -> list[dict]:
@@ -268,38 +278,45 @@ def config_rows(B, C, dtype, times: dict, fwd: dict | None, device_name: str, pe
     return rows
 
 
-def gpu_section(args, on_rows=None) -> list[dict]:
-    """Every (C, dtype) of ``args.classes`` x ``args.dtypes`` at batch ``args.batch`` on CUDA; calls
-    ``on_rows(all rows so far)`` after each configuration. A disagreement with the oracle is printed
-    and recorded in ours' rows (``oracle``), and the timing goes on: a wrong kernel's speed still says
-    something, and the caller turns the disagreement into a failing exit code."""
+def gpu_section(args, on_rows=None, device: str = "cuda") -> list[dict]:
+    """Every (C, dtype) of ``args.classes`` x ``args.dtypes`` at batch ``args.batch`` on ``device``
+    (CUDA; a CPU device runs the same code at small sizes, for the tests); calls ``on_rows(all rows so
+    far)`` after each configuration. A disagreement with the oracle is printed and recorded in ours'
+    rows (``oracle``), and the timing goes on: a wrong kernel's speed still says something, and the
+    caller turns the disagreement into a failing exit code."""
+    cuda = device.startswith("cuda")
     oracle = {}
     for dtype in args.dtypes:
-        bad = oracle_failures("cuda", getattr(torch, dtype))
+        bad = oracle_failures(device, getattr(torch, dtype))
         oracle[dtype] = "ok" if not bad else "FAILED: " + "; ".join(bad)
         print(f"oracle check, {dtype}: {oracle[dtype]}", flush=True)
-    name = torch.cuda.get_device_name()
-    peak, source = peak_bandwidth(name, args.peak_tbs, torch.cuda.get_device_properties(0))
+    name = torch.cuda.get_device_name() if cuda else "cpu"
+    peak, source = peak_bandwidth(name, args.peak_tbs, torch.cuda.get_device_properties(0) if cuda else None)
     print(f"{name}: peak bandwidth {peak / 1e12 if peak else float('nan'):.3g} TB/s ({source})", flush=True)
-    liger = liger_composite()
+    liger = liger_composite() if cuda and "liger" in args.impls else None
     if liger is not None:
-        print(f"Liger CE + KL against the composite: |loss difference| {liger_error(liger, 'cuda'):.3g}", flush=True)
+        print(f"Liger CE + KL against the composite: |loss difference| {liger_error(liger, device):.3g}", flush=True)
+    empty_cache = torch.cuda.empty_cache if cuda else (lambda: None)
     rows = []
     for dtype in args.dtypes:
         for C in args.classes:
             B = args.batch
-            z, t, y = inputs(B, C, getattr(torch, dtype), "cuda")
+            z, t, y = inputs(B, C, getattr(torch, dtype), device)
             times = {}
-            for impl, (fn, own_copy) in gpu_impls(liger).items():
+            for impl, (fn, own_copy) in gpu_impls(liger, args.impls).items():
                 zz = z.detach().clone().requires_grad_() if own_copy else z
                 try:
-                    times[impl] = gpu_time(step(fn, zz, t, y), warmup=args.warmup, repeat=args.repeat)
+                    times[impl] = gpu_time(step(fn, zz, t, y), warmup=args.warmup, repeat=args.repeat, device=device)
                 except Exception as err:  # one impl failing (OOM, a compiler error) is a result, not the end
                     times[impl] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
                 del zz
                 z.grad = None
-                torch.cuda.empty_cache()
-            fwd = gpu_time(forward_only(ours, z, t, y), warmup=args.warmup, repeat=args.repeat)
+                empty_cache()
+            try:
+                fwd = gpu_time(forward_only(ours, z, t, y), warmup=args.warmup, repeat=args.repeat, device=device)
+            except Exception as err:
+                fwd = None
+                print(f"ours, forward only: {type(err).__name__}: {err}", flush=True)
             new = config_rows(B, C, dtype, times, fwd, name, peak)
             for row in new:
                 if row["impl"].startswith("ours"):
@@ -311,7 +328,7 @@ def gpu_section(args, on_rows=None) -> list[dict]:
             if on_rows is not None:
                 on_rows(rows)
             del z, t, y
-            torch.cuda.empty_cache()
+            empty_cache()
     return rows
 
 
@@ -337,9 +354,14 @@ def parse_args(argv=None):
                    help="GPU logit dtypes, comma-separated (bfloat16, float16, float32)")
     p.add_argument("--peak-tbs", type=float, default=None,
                    help="the device's peak memory bandwidth in TB/s (default: looked up by device name)")
+    p.add_argument("--impls", type=lambda s: s.split(","), default=list(IMPLS),
+                   help=f"GPU implementations to time, comma-separated from {','.join(IMPLS)} (default all)")
     p.add_argument("--json", metavar="PATH", default=None, help="also write every row to PATH as JSON")
     p.add_argument("--out", metavar="DIR", default=None, help="results directory of the CSV (see harness.py)")
     args = p.parse_args(argv)
+    bad = [i for i in args.impls if i not in IMPLS]
+    if bad:
+        p.error(f"--impls: {bad} not among {', '.join(IMPLS)}")
     for dt in args.dtypes:
         if dt not in ("bfloat16", "float16", "float32"):
             p.error(f"--dtypes: {dt!r} is not one of bfloat16, float16, float32")

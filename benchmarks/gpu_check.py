@@ -169,7 +169,7 @@ def stage_build(args) -> tuple[int, dict]:
     return 0, {"built": True, "ops": sorted(n for n in ("kd_loss_fwd", "gather_rows") if hasattr(torch.ops.kdprune, n))}
 
 
-class TestTally:
+class PytestTally:
     """A pytest plugin that writes the counts so far to ``path`` after every test, so a run killed at
     its time limit still reports what passed and failed (and the slowest tests, to trim the grid).
     It also moves ``first`` tests to the front of the run."""
@@ -200,7 +200,7 @@ def stage_triton_tests(args) -> tuple[int, dict]:
 
     os.environ["KDPRUNE_GPU_FULL"] = "1"
     # the CUDA-graph captures first: they are the part no machine without a GPU can run
-    tally = TestTally(args.result, first=("test_cuda_graph",))
+    tally = PytestTally(args.result, first=("test_cuda_graph",))
     rc = int(pytest.main(["-q", "-p", "no:cacheprovider", os.path.join(REPO, "tests", "test_loss_triton.py")],
                          plugins=[tally]))
     return rc, tally.counts
@@ -296,7 +296,7 @@ def time_training(kind: str, *, device: str, work: str, steps: int = 12, warmup_
         torch.cuda.reset_peak_memory_stats()
     timing = dict(run(steps).timing)
     timing.update({"teacher_kind": kind, "model": model, "batch": batch, "image_size": image_size,
-                   "classes": num_classes, "amp": amp, "channels_last": True,
+                   "classes": num_classes, "amp": amp, "channels_last": True, "cudnn_benchmark": True,
                    "samples_per_s": batch * 1e3 / timing["step_ms"]})
     if device.startswith("cuda"):
         timing["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)

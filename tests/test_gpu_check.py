@@ -85,6 +85,23 @@ def test_config_rows_on_fake_timings():
     assert small[-1]["impl"] == "Liger CE + KL" and small[-1]["error"].startswith("OutOfMemoryError")
 
 
+def test_the_gpu_section_runs_end_to_end_at_small_sizes_on_the_cpu():
+    # the code the GPU runs, on the CPU (wall clock for CUDA events, the C++ kernel for Triton), so a
+    # slip in it shows here rather than in a GPU machine's few minutes
+    args = bench_loss.parse_args(["--skip-cpu", "--batch", "16", "--classes", "50,300", "--dtypes", "float32,bfloat16",
+                                  "--repeat", "2", "--warmup", "1", "--impls", "ours,eager", "--peak-tbs", "0.05"])
+    seen = []
+    rows = bench_loss.gpu_section(args, on_rows=lambda r: seen.append(len(r)), device="cpu")
+    assert seen == [2, 4, 6, 8]  # all rows so far, after every (C, dtype)
+    assert {(r["C"], r["dtype"], r["impl"]) for r in rows} == {
+        (C, dt, impl) for C in (50, 300) for dt in ("float32", "bfloat16") for impl in ("ours (Triton)", "eager composite")}
+    for r in rows:
+        assert r["fwd+bwd ms (median)"] > 0 and r["fraction of peak"] == pytest.approx(
+            r["GB/s over min bytes"] * 1e9 / 0.05e12)
+        if r["impl"].startswith("ours"):
+            assert r["oracle"] == "ok" and r["fwd ms"] > 0 and r["speedup vs eager"] > 0
+
+
 def fake_document(tests_status="ok"):
     def record(status, result, seconds=12.0):
         return {"status": status, "returncode": 0 if status == "ok" else 1, "seconds": seconds, "limit_s": 100,
@@ -156,11 +173,11 @@ def test_stages_share_the_budget_and_a_failure_does_not_stop_the_rest(monkeypatc
     assert seen[0][1] <= budget - sum(limits[n] for n in gpu_check.STAGES[1:])
 
 
-def test_test_tally_counts_as_tests_finish_and_runs_the_graph_tests_first(tmp_path):
+def test_pytest_tally_counts_as_tests_finish_and_runs_the_graph_tests_first(tmp_path):
     from types import SimpleNamespace as R
 
     path = tmp_path / "tally.json"
-    tally = gpu_check.TestTally(str(path), first=("test_cuda_graph",))
+    tally = gpu_check.PytestTally(str(path), first=("test_cuda_graph",))
     items = [R(name="test_dtypes[a]"), R(name="test_cuda_graph_capture[x]"), R(name="test_edge_rows")]
     tally.pytest_collection_modifyitems(items)
     assert [i.name for i in items] == ["test_cuda_graph_capture[x]", "test_dtypes[a]", "test_edge_rows"]
