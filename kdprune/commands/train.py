@@ -14,7 +14,12 @@ from kdprune.commands.common import add_data_args
 
 # flag help for the options whose name alone does not say enough
 _HELP = {
-    "batch_size": "global batch per optimizer step (split over ranks and accumulation steps)",
+    "batch_size": "global batch per optimizer step (split over ranks and accumulation steps); `kdprune pipeline` "
+                  "and the demo train with 64 at --lr 0.2, tuned for 3-epoch students (docs/design.md)",
+    "lr": "peak learning rate; 0.05 suits longer runs at batch 128, while `kdprune pipeline` and the demo use "
+          "0.2 at batch 64, the best of a sweep of 3-epoch Fashion-MNIST students (docs/design.md)",
+    "loss_kernel": "implementation of the fused KD loss: auto (triton on CUDA, cpu with the C++ extension, "
+                   "else torch), triton, cpu or torch",
     "alpha": "weight of the distillation term in [0, 1], or 'auto' (from the keep fraction); "
              "unset: 'auto' when the run has a teacher (--store / --teacher-model), 0 without one",
     "augment": "random-resized-crop augmentation; unset: replay the --store's views (as `kdprune logits` "
@@ -56,7 +61,7 @@ def add_config_args(p, skip=()) -> None:
     from kdprune.train.config import TrainConfig
 
     choices = {"optimizer": ("sgd", "adamw"), "schedule": c.SCHEDULES, "amp": c.AMP, "norm": c.NORMS,
-               "teacher": c.TEACHERS, "loader": c.LOADERS}
+               "teacher": c.TEACHERS, "loader": c.LOADERS, "loss_kernel": c.KERNELS}
     defaults = TrainConfig()
     g = p.add_argument_group("training options (TrainConfig)")
     g.add_argument("--config", metavar="FILE.json", help="a TrainConfig JSON file (flags override it)")
@@ -76,6 +81,8 @@ def add_config_args(p, skip=()) -> None:
             g.add_argument(flag, default=None, help=help_)
         else:
             g.add_argument(flag, type=type(default), default=None, choices=choices.get(f.name), help=help_)
+    g.add_argument("--loss-backend", dest="loss_kernel", default=None, choices=c.KERNELS,
+                   help=argparse.SUPPRESS)  # the old name of --loss-kernel
 
 
 def config_from_args(args, **fixed):

@@ -80,9 +80,10 @@ def load(path: str) -> dict:
 
 
 def check_config(saved: dict, current: dict, path: str) -> None:
-    """Refuse to resume a run under a config that changes its outcome (device and logging may change)."""
+    """Refuse to resume a run under a config that changes its outcome (device, loss kernel and logging
+    may change: the kernels agree to rounding)."""
     free = {"device", "eval_every", "log_every", "checkpoint_every", "checkpoint_minutes", "loader",
-            "eval_batch_size", "compile", "workers"}
+            "eval_batch_size", "compile", "workers", "loss_kernel", "loss_backend"}
     diff = sorted(k for k in set(saved) | set(current) if k not in free and saved.get(k) != current.get(k))
     if diff:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)

@@ -7,15 +7,19 @@ one GPU or many, with or without accumulation (BatchNorm statistics aside).
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 
 from kdprune.errors import ConfigError
+from kdprune.registry import LOADER_BACKENDS, LOSS_KERNELS
 
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 AMP = ("none", "bf16", "fp16")
 NORMS = ("batch", "group", "none")
 TEACHERS = ("store", "online")
-LOADERS = ("torch", "ffcv", "dali")
+LOADERS = LOADER_BACKENDS.names()
+KERNELS = LOSS_KERNELS.names()
+RENAMED = {"loss_backend": "loss_kernel"}  # old option -> new, accepted with a DeprecationWarning
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 
 
@@ -44,7 +48,7 @@ class TrainConfig:
     alpha: float | str | None = None  # None: "auto" with a teacher, 0 without
     temperature: float = 4.0
     label_smoothing: float = 0.0
-    loss_backend: str = "auto"
+    loss_kernel: str = "auto"  # auto | triton | cpu | torch: the fused loss's implementation
     teacher: str = "store"  # store: logits from a TeacherStore; online: a teacher module on the same batch
     augment: bool | None = None  # None: as the teacher store's views (with a store), else on
     image_size: int = 0  # train crop size; 0 keeps the input size
@@ -108,6 +112,7 @@ class TrainConfig:
         self._choice("norm", NORMS)
         self._choice("teacher", TEACHERS)
         self._choice("loader", LOADERS)
+        self._choice("loss_kernel", KERNELS)
         if self.compile not in (False, True) and self.compile not in COMPILE_BACKENDS:
             raise ConfigError(f"compile must be true/false or a backend ({', '.join(COMPILE_BACKENDS)}), "
                               f"got {self.compile!r}")
@@ -135,6 +140,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        for old, new in RENAMED.items():
+            if old in d:
+                warnings.warn(f"training option {old} is deprecated, use {new}", DeprecationWarning, stacklevel=2)
+                d = {**{k: v for k, v in d.items() if k != old}, new: d[old]}
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
