@@ -8,6 +8,7 @@ import numpy as np
 
 from kdprune.atomic import atomic_open
 from kdprune.errors import ConfigError, DataError
+from kdprune.registry import PRUNE_MODES
 from kdprune.scores.ccs import class_quotas
 
 
@@ -159,7 +160,8 @@ def prune(scores=None, fraction: float = 1.0, *, mode: str | None = None, labels
                            strata=strata)
         extra = {"beta": beta, "strata": int(strata)}
     else:
-        raise ConfigError(f"unknown prune mode {mode!r}; use random, hardest, easiest or ccs")
+        PRUNE_MODES.check(mode)  # names the valid modes
+        raise ConfigError(f"prune mode {mode!r} is registered but prune() does not implement it")
     if class_balanced and mode != "ccs":  # ccs balances classes itself
         ids = _class_balanced_take(order, labels, k)
     else:

@@ -1,5 +1,6 @@
 """`kdprune prune`: turn a score file (or nothing, for random) into an IndexSet STEM.npy + STEM.json."""
 from kdprune.commands.common import add_data_args
+from kdprune.registry import PRUNE_MODES
 
 
 def register(sub):
@@ -11,7 +12,7 @@ def register(sub):
     src.add_argument("--scores", metavar="STEM", help="a score file from `kdprune score`")
     src.add_argument("--random", action="store_true", help="random subset (no scores)")
     p.add_argument("--fraction", type=float, required=True, help="keep fraction f in (0, 1]")
-    p.add_argument("--mode", default=None, type=str.lower, choices=("hardest", "easiest", "ccs", "random"),
+    p.add_argument("--mode", default=None, type=str.lower, choices=PRUNE_MODES.names(),
                    help="which samples to keep (default: hardest with --scores, random with --random)")
     p.add_argument("--class-balanced", action="store_true", help="equal share per class (within one)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random choice and of tie-breaks (default 0)")

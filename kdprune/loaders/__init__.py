@@ -12,10 +12,11 @@ import os
 
 from kdprune.errors import ConfigError, DataError
 from kdprune.loaders.batch import Batch
+from kdprune.registry import LOADER_BACKENDS
 
 __all__ = ["Batch", "build", "BACKENDS"]
 
-BACKENDS = ("torch", "ffcv", "dali")
+BACKENDS = LOADER_BACKENDS.names()
 
 
 def build(backend: str, source, ids, *, batch_size: int, train: bool, seed: int = 0, device="cpu",
