@@ -311,10 +311,14 @@ def test_alpha_for_fraction_is_monotone_and_clipped():
     torch.testing.assert_close(auto.loss, kd_loss(z, t, y, alpha=m.alpha, temperature=4.0).loss)
 
 
-def test_provisional_alpha_coefficients_when_no_fit(tmp_path):
-    a, b, _ = alpha_mod._coefficients(str(tmp_path / "none.json"), -1.0)
-    assert (a, b) == (alpha_mod.PROVISIONAL["a"], alpha_mod.PROVISIONAL["b"]) and b < 0
+def test_alpha_rule_is_the_shipped_file_per_method_family(tmp_path):
+    assert alpha_mod._load(alpha_mod.FIT_PATH)["form"] == alpha_mod.FORM  # data in the package, changed by a commit only
+    assert alpha_for_fraction(0.3, method="random") == alpha_for_fraction(0.3, method="rs2")
+    for method in ("random", "el2n", None):
+        a, b, rule = alpha_mod.coefficients(method)
+        assert rule in ("random", "hard", "default")
+        assert alpha_for_fraction(0.3, method) == pytest.approx(min(1.0, max(0.0, a + b * math.log(0.3))))
     bad = tmp_path / "fit.json"
     bad.write_text('{"form": "something else", "a": 1, "b": 0}')
     with pytest.raises(ConfigError, match="not an alpha fit"):
-        alpha_mod._coefficients(str(bad), 1.0)
+        alpha_mod._load(str(bad))

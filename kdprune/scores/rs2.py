@@ -3,8 +3,9 @@ learning"): instead of one fixed pruned subset, train each epoch on a fresh rand
 ``round(fraction * N)`` samples, drawn without replacement across epochs until the whole dataset has
 been served, then from a new permutation.
 
-How a trainer uses it (any loader backend; the subset of epoch e is the same on every rank, and the
-loader shards it across ranks as it shards any IndexSet)::
+The trainer uses it through :class:`RS2Loader` (``kdprune train --rs2 0.1``, or
+``TrainConfig(rs2=0.1)``). By hand, with any loader backend (the subset of epoch e is the same on every
+rank, and the loader shards it across ranks as it shards any IndexSet)::
 
     rs2 = RS2Sampler(len(dataset), fraction=0.1, seed=0)
     for epoch in range(epochs):
@@ -114,3 +115,40 @@ class RS2Sampler:
         from kdprune.loaders.batch import resolve_distributed
         _, world = resolve_distributed(None)
         return -(-self.per_epoch // world)
+
+
+class RS2Loader:
+    """A training loader whose subset is RS2's subset of the current epoch.
+
+    ``make_loader(ids)`` builds an ordinary loader (anything with ``len()``, ``set_epoch`` and
+    iteration, e.g. a partial of :func:`kdprune.loaders.build`) over an :class:`IndexSet`; it is called
+    again whenever :meth:`set_epoch` moves to another epoch, so ``len()`` always counts the batches of
+    the epoch being served, and each rank gets its disjoint, equal shard of that epoch's subset. The
+    ids of epoch e and their order depend only on (seed, e), so a run resumed mid-epoch that skips the
+    batches already trained on reads exactly the ids the interrupted run would have read.
+    """
+
+    def __init__(self, sampler: RS2Sampler, make_loader):
+        self.sampler, self.make_loader = sampler, make_loader
+        self.epoch = None
+        self._loader = None
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve epoch ``epoch``: its subset, in its order."""
+        epoch = int(epoch)
+        if epoch != self.epoch:
+            self._loader = self.make_loader(self.sampler.ids_for_epoch(epoch))
+            self.epoch = epoch
+        self._loader.set_epoch(epoch)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The sorted ids of the current epoch's subset (all ranks together)."""
+        return self.sampler.ids_for_epoch(self.epoch).ids
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self):
+        return iter(self._loader)
