@@ -28,7 +28,7 @@ def write_teacher_logits(teacher: torch.nn.Module, dataset, path, *, views: int 
                          batch_size: int = 256, device="cpu", dtype: str = "float16", topk: int | None = None,
                          num_classes: int | None = None, workers: int = 0, description: dict | None = None,
                          dataset_fingerprint: str | None = None, chunk_rows: int | None = None,
-                         progress: bool = True) -> TeacherStore:
+                         image_size=None, progress: bool = True) -> TeacherStore:
     """Run ``teacher`` over every sample of ``dataset`` and store its logits at ``path``; returns the
     opened store (``store.gather(ids)`` reads them back by sample id).
 
@@ -40,6 +40,9 @@ def write_teacher_logits(teacher: torch.nn.Module, dataset, path, *, views: int 
     dataset that is not held in memory. ``description``: a JSON description of the teacher recorded in
     the store (default: its class and a hash of its weights, so a resume with other weights is
     refused). ``dataset_fingerprint`` defaults to :func:`kdprune.fingerprint` of the dataset.
+    ``image_size`` (int or (H, W)): for kdprune's datasets, the size of the unaugmented input (resize +
+    centre crop, as evaluation does) and of the views when ``augment`` has no ``out_size``; images of
+    varied sizes need one. Views are cropped relative to each image's own size.
 
     >>> import tempfile, torch, kdprune
     >>> data = torch.utils.data.TensorDataset(torch.randn(50, 3, 8, 8), torch.arange(50) % 10)
@@ -62,7 +65,7 @@ def write_teacher_logits(teacher: torch.nn.Module, dataset, path, *, views: int 
     fp = dataset_fingerprint or fingerprint(source)
     kwargs = dict(views=views, dtype=dtype, topk=topk, dataset_fingerprint=fp, dataset_name=dataset_name(source),
                   teacher=description if description is not None else describe_model(teacher), augment=augment)
-    inputs = _Inputs(source, workers)
+    inputs = _Inputs(source, workers, image_size)
     if num_classes is None:
         num_classes = getattr(source, "num_classes", None) or _output_width(teacher, inputs, device)
     existing = _published(path, len(source), num_classes, chunk_rows, kwargs)
@@ -73,10 +76,8 @@ def write_teacher_logits(teacher: torch.nn.Module, dataset, path, *, views: int 
         todo = [(v, writer.missing(v)) for v in range(views)]
         bar = _bar(sum(len(ids) for _, ids in todo), progress, resumed=writer.resumed, name=kwargs["dataset_name"])
         for view, ids in todo:
-            for batch, x in inputs.batches(ids, batch_size):
+            for batch, x in inputs.batches(ids, batch_size, augment, view):
                 x = x.to(device)
-                if augment is not None:
-                    x = augment.apply(x, view, batch)
                 writer.write(batch, teacher(x).float().cpu(), view=view)
                 bar.update(len(batch))
         bar.close()
@@ -87,31 +88,30 @@ class _Inputs:
     """The teacher's input batches of given ids: a kdprune dataset is indexed (in memory) or decoded
     (a JPEG folder) directly; any other dataset is read through a DataLoader over those ids."""
 
-    def __init__(self, dataset, workers: int):
-        self.dataset, self.workers = dataset, int(workers)
+    def __init__(self, dataset, workers: int, image_size=None):
+        self.dataset, self.workers, self.image_size = dataset, int(workers), image_size
 
     def first(self) -> torch.Tensor:
         return next(self.batches(np.arange(1), 1))[1]
 
-    def batches(self, ids: np.ndarray, batch_size: int):
-        from kdprune.data import to_float
+    def batches(self, ids: np.ndarray, batch_size: int, augment=None, view: int = 0):
+        """``(ids, x)`` batches, ``x`` view ``view`` of ``augment`` (the unaugmented input without)."""
+        from kdprune.data.augment import crop_batch
 
         ds = self.dataset
-        if hasattr(ds, "images") and hasattr(ds, "fingerprint"):  # ArrayDataset
+        kdprune_set = hasattr(ds, "fingerprint") and (hasattr(ds, "images") or hasattr(ds, "decode"))
+        if kdprune_set:  # in memory, or a JPEG folder decoded at each image's own size
             for start in range(0, len(ids), batch_size):
                 batch = ids[start:start + batch_size]
-                yield batch, to_float(ds.images[batch])
-            return
-        if hasattr(ds, "decode") and hasattr(ds, "fingerprint"):  # FolderDataset
-            for start in range(0, len(ids), batch_size):
-                batch = ids[start:start + batch_size]
-                yield batch, to_float(np.stack([ds.decode(int(i)) for i in batch]))
+                images = ds.images[batch] if hasattr(ds, "images") else [ds.decode(int(i)) for i in batch]
+                yield batch, crop_batch(images, batch, augment=augment, view=view, image_size=self.image_size,
+                                        where=ds.name)
             return
         slices = [ids[s:s + batch_size].tolist() for s in range(0, len(ids), batch_size)]
         loader = torch.utils.data.DataLoader(WithIds(ds), batch_sampler=slices, num_workers=self.workers,
                                              collate_fn=_collate_inputs)
         for x, batch in loader:
-            yield batch, x
+            yield batch, (augment.apply(x, view, batch) if augment is not None else x)
 
 
 def _collate_inputs(items):

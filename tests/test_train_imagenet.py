@@ -1,11 +1,12 @@
 """The ImageNet recipe of docs/imagenet.md, end to end, on a tiny ImageNet-format folder.
 
 The same commands and the same config file as the real recipe, scaled down by flags: 4 classes,
-48 training and 16 validation JPEGs of 32x32, a CIFAR ResNet-20 of width 8 instead of ResNet-50
-(torchvision does not load against this CPU build of torch), the torch loader instead of FFCV (an
-optional extra), and 2 gloo ranks instead of 8 GPUs. What it checks: the config file validates and
-its flags override it, a folder dataset flows through teacher -> logits (2 augmented views) -> prune
-(by the teacher run's own EL2N score file) -> DDP training with the store, and the student's outputs are where the recipe says.
+48 training and 16 validation JPEGs of varied sizes (20 to 40 px, as ImageNet's vary), 16 px crops,
+a CIFAR ResNet-20 of width 8 instead of ResNet-50, the torch loader (DataLoader workers) instead of
+FFCV, and 2 gloo ranks instead of 8 GPUs. What it checks: the config file validates and its flags
+override it, a folder of original-size JPEGs flows through teacher -> logits (2 augmented views) ->
+prune (by the teacher run's own EL2N score file) -> DDP training with the store, and the student's
+outputs are where the recipe says.
 """
 import json
 import os
@@ -21,8 +22,8 @@ from kdprune.train import TrainConfig
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "imagenet_resnet50.json")
 # what the tiny run changes in the recipe's config (everything else comes from the file)
-SMALL = ["--model", "resnet20", "--width", "8", "--batch-size", "16", "--lr", "0.05", "--image-size", "0", "--device", "cpu",
-         "--loader", "torch", "--workers", "0", "--compile", "false", "--eval-every", "1", "--log-every", "1",
+SMALL = ["--model", "resnet20", "--width", "8", "--batch-size", "16", "--lr", "0.05", "--image-size", "16", "--device", "cpu",
+         "--loader", "torch", "--workers", "1", "--compile", "false", "--eval-every", "1", "--log-every", "1",
          "--checkpoint-every", "2", "--no-progress"]
 
 
@@ -34,15 +35,21 @@ def test_recipe_config_validates():
 
 def test_imagenet_recipe_end_to_end(tmp_path):
     root = tmp_path / "imagenet"
-    write_jpeg_folder(str(root / "train"), 48, 4, size=32, seed=0)
-    write_jpeg_folder(str(root / "val"), 16, 4, size=32, seed=1)
+    write_jpeg_folder(root / "train", 48, 4, size=(20, 40), seed=0)
+    write_jpeg_folder(root / "val", 16, 4, size=(20, 40), seed=1)
     data = ["--dataset", "folder", "--data-dir", str(root)]
 
+    # images of varied sizes and no crop size: one clear error from the DataLoader worker, no traceback
+    res = subprocess.run([sys.executable, "-m", "kdprune", "teacher", *data, "--config", CONFIG, *SMALL,
+                          "--image-size", "0", "--epochs", "1", "--amp", "none", "--out", str(tmp_path / "t0")],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "different sizes" in res.stderr and "--image-size" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
     # 1. the teacher (on a GPU machine: a pretrained torchvision model saved with save_model)
     assert cli(["teacher", *data, "--config", CONFIG, *SMALL, "--epochs", "1", "--amp", "none", "--out", str(tmp_path / "teacher")]) == 0
     # 2. its logits on 2 augmented views of every training image
     assert cli(["logits", *data, "--teacher", str(tmp_path / "teacher" / "model.pt"), "--views", "2",
-                "--batch-size", "16", "--no-progress", "--out", str(tmp_path / "logits")]) == 0
+                "--image-size", "16", "--batch-size", "16", "--no-progress", "--out", str(tmp_path / "logits")]) == 0
     # 3. keep the harder half by the EL2N the teacher's own training steps recorded (a score file)
     assert cli(["prune", *data, "--scores", str(tmp_path / "teacher" / "el2n"), "--fraction", "0.5",
                 "--out", str(tmp_path / "kept")]) == 0
