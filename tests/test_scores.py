@@ -220,3 +220,25 @@ def test_teacher_scores_from_a_real_store(tmp_path):
     other = synthetic(40, num_classes=5, seed=9)
     with pytest.raises(StoreError, match="the teacher store was made from .*recompute it with `kdprune logits`"):
         compute_score("teacher-el2n", other, store=str(tmp_path / "store"))
+
+
+def test_a_registered_score_method_runs_through_compute_score_and_the_registry_names_the_valid_ones():
+    from kdprune.registry import PRUNE_MODES, SCORE_METHODS, register_score
+
+    @register_score("label-parity", kind="model", epochs=0, help="the label's parity (a test score)")
+    def label_parity(model, images, labels, *, device):
+        return (np.asarray(labels) % 2).astype(np.float32)
+
+    try:
+        ds = synthetic(30, num_classes=4)
+        got = compute_score("label-parity", ds, width=4)
+        assert got.scores.tolist() == (ds.labels % 2).astype(np.float32).tolist()
+        assert got.meta["method"] == "label-parity" and got.meta["epochs"] == 0
+        with pytest.raises(ConfigError, match="registered already"):
+            register_score("label-parity", kind="model")(label_parity)
+    finally:
+        SCORE_METHODS._entries.pop("label-parity")
+    with pytest.raises(ConfigError, match="unknown prune mode 'best'; choose one of hardest, easiest, ccs, random"):
+        PRUNE_MODES.check("best")
+    with pytest.raises(ConfigError, match="kind is 'model' or 'dynamics'"):
+        register_score("x", kind="teacher")
