@@ -63,7 +63,7 @@ struct Gather {
 
   // Rows are copied kInterleave at a time, 64 bytes of each in turn: the loads of several rows are
   // in flight together, where a memcpy per row waits on one row's misses at a time (1.6-2x faster on
-  // the 2-core EPYC dev box, see benchmarks/bench_store.py).
+  // a 2-core EPYC VM; the sweep is in docs/design.md).
   void copy(int64_t begin, int64_t end) const {
     for (int64_t i = begin; i < std::min(end, begin + kPrefetchRows); ++i)
       prefetch_row(base + ids[i] * row_bytes, row_bytes);

@@ -2,7 +2,7 @@
 is in 2 MiB pages.
 
 A gather reads rows at random from gigabytes; under 4 KiB pages every row costs a page walk, under
-2 MiB pages almost none. On the dev box a 1024-row gather from the 2.56 GB ImageNet-sized store took
+2 MiB pages almost none. On a 2-core CPU VM a 1024-row gather from the 2.56 GB ImageNet-sized store took
 0.21 ms with 4 KiB pages and 0.14-0.17 ms with 2 MiB ones (benchmarks/bench_store.py). Linux 6.x
 keeps the page cache of ext4 and xfs files in large folios and maps whole 2 MiB folios with one
 entry; a file read back under memory pressure can end up in small folios, which ``refresh_huge``
