@@ -93,3 +93,27 @@ def test_batch_crop_is_the_per_sample_crop_of_augments_boxes():
         one = np.empty((3, 17, 23), dtype=np.float32)
         crop_resize_into(images[i], *box[i], bool(flips[i]), one)
         np.testing.assert_array_equal(out[i], one)
+
+
+def test_images_of_different_sizes_on_threads_match_the_torch_crop():
+    """What the DALI backend runs on a decoded batch of images of any sizes: each cut to its own box
+    (relative to its own size) on a thread pool, as the per-sample kernel does alone, and as the torch
+    backend's ``crop_images`` does to float32 rounding."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kdprune.data.augment import crop_images
+    from kdprune.loaders.crop_kernel import crop_each_into
+
+    rng = np.random.default_rng(5)
+    sizes = [(37, 50), (120, 64), (24, 24), (300, 211), (61, 99)]
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    ids = np.arange(10, 15)
+    box, flips = Augment(seed=9, out_size=(20, 28)).boxes(1, ids, [h for h, _ in sizes], [w for _, w in sizes])
+    out = np.full((5, 3, 20, 28), np.nan, dtype=np.float32)
+    with ThreadPoolExecutor(2) as pool:
+        crop_each_into(images, box, flips, out, pool=pool)
+    for i, image in enumerate(images):
+        one = np.empty((3, 20, 28), dtype=np.float32)
+        crop_resize_into(image, *box[i], bool(flips[i]), one)
+        np.testing.assert_array_equal(out[i], one)
+    torch.testing.assert_close(torch.from_numpy(out), crop_images(images, box, flips, (20, 28)), atol=2e-4, rtol=0)

@@ -170,3 +170,27 @@ def test_synthetic_test_split_is_the_same_task():
     means = np.stack([x_tr[train.labels == k].mean(0) for k in range(6)])
     pred = ((x_te[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
     assert (pred == test.labels).mean() > 0.9
+
+
+def test_jpeg_folder_of_varied_sizes_is_a_map_style_dataset(tmp_path):
+    """``write_jpeg_folder`` with a size range gives images of their own sizes; the folder reads as a
+    map-style dataset (item: image at its own size, label); ``--dataset folder`` means
+    ROOT/train and ROOT/val, and a root without them is refused with the layout it expects."""
+    from kdprune.data.folder import FolderDataset, load_folder_split, write_jpeg_folder
+
+    folder = write_jpeg_folder(tmp_path / "imgs" / "train", 12, num_classes=3, size=(20, 40), seed=2)
+    shapes = {folder[i][0].shape for i in range(len(folder))}
+    assert len(shapes) > 3 and all(20 <= h <= 40 and 20 <= w <= 40 and c == 3 for h, w, c in shapes)
+    image, label = folder[5]
+    assert image.dtype == np.uint8 and label == folder.labels[5] and image.flags.writeable
+    assert load_folder_split(tmp_path / "imgs", "train").fingerprint == folder.fingerprint
+    with pytest.raises(DataError, match="no val/ folder.*ROOT/train"):
+        load_folder_split(tmp_path / "imgs", "val")
+    assert FolderDataset(tmp_path / "imgs" / "train").paths == folder.paths  # a path object works too
+
+
+def test_array_dataset_is_a_map_style_dataset():
+    data = synthetic(20, 4, (6, 5, 1), seed=1)
+    image, label = data[7]
+    np.testing.assert_array_equal(image, data.images[7])
+    assert label == data.labels[7] and isinstance(label, int)
