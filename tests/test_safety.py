@@ -239,11 +239,14 @@ def test_ctrl_c_saves_says_how_to_resume_and_the_resumed_run_adds_up(tmp_path):
     assert "checkpoint saved at epoch 1/2" in lines[0]
     assert lines[0].endswith("resume with: kdprune " + " ".join(args) + " --resume")
     assert (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
+    before = torch.load(out / "checkpoint.pt", weights_only=True)["elapsed"]
+    assert before > 0  # the time trained in the interrupted epoch is kept
     rc, stdout, err = kdprune(*args, "--resume")
     assert rc == 0, err
     assert "resuming" in stdout and "from epoch 1/2 step" in stdout
     m = json.loads((out / "metrics.json").read_text())
     assert m["steps"] == 2 * 75 and m["samples_seen"] == 2 * 600  # every step, once
+    assert m["wall_time_s"] > before  # both parts of the run add up
 
 
 def test_checkpoints_by_time_and_interrupt_in_python(tmp_path):
@@ -289,6 +292,17 @@ def test_an_interrupted_store_writer_keeps_its_rows_and_says_so(tmp_path):
 
 
 # -- small things ---------------------------------------------------------------------------------
+def test_interrupted_logits_name_the_cli_command_that_resumes():
+    from argparse import Namespace
+
+    from kdprune.cli import interrupted_line
+
+    argv = ["logits", "--teacher", "t/model.pt", "--out", "s"]
+    line = interrupted_line(Namespace(command="logits"), argv, "8192 of 20000 teacher-logit rows are saved in s.partial")
+    assert line == ("kdprune logits: interrupted; 8192 of 20000 teacher-logit rows are saved in s.partial; "
+                    "resume with: kdprune logits --teacher t/model.pt --out s")
+
+
 def test_paths_version_and_help(tmp_path):
     from kdprune.cli import build_parser
     from kdprune.selection import IndexSet
@@ -302,3 +316,5 @@ def test_paths_version_and_help(tmp_path):
     for name in ("data", "teacher", "prune", "train", "info", "pipeline"):
         for action in sub.choices[name]._actions:
             assert action.help, f"kdprune {name} {action.option_strings} has no help text"
+    args = parser.parse_args(["train", "--out", "x", "--optimizer", "AdamW", "--dataset", "Synthetic"])
+    assert args.optimizer == "adamw" and args.dataset == "synthetic"  # names are case-insensitive

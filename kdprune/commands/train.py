@@ -70,7 +70,7 @@ def add_config_args(p, skip=()) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        help_ = f"{_HELP.get(f.name, f.name.replace('_', ' '))} (default {default!r})"
+        help_ = f"{_HELP.get(f.name, f.name.replace('_', ' '))} (default {'unset' if default is None else repr(default)})"
         if f.name == "compile":
             g.add_argument(flag, type=_bool_or_backend, nargs="?", const=True, default=None, help=help_)
         elif isinstance(default, bool):
@@ -79,8 +79,12 @@ def add_config_args(p, skip=()) -> None:
             g.add_argument(flag, type=float, nargs="+", default=None, help=help_)
         elif f.name == "alpha":
             g.add_argument(flag, default=None, help=help_)
+        elif f.name in choices:  # names are case-insensitive
+            g.add_argument(flag, type=str.lower, default=None, choices=choices[f.name], help=help_)
+        elif default is None:  # augment: on, off or unset
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
-            g.add_argument(flag, type=type(default), default=None, choices=choices.get(f.name), help=help_)
+            g.add_argument(flag, type=type(default), default=None, help=help_)
     g.add_argument("--loss-backend", dest="loss_kernel", default=None, choices=c.KERNELS,
                    help=argparse.SUPPRESS)  # the old name of --loss-kernel
 
@@ -176,8 +180,6 @@ def run(args) -> int:
         from kdprune.errors import ConfigError
         raise ConfigError(f"--rs2 {cfg.rs2} draws each epoch's subset from the whole dataset; drop --subset "
                           "(or drop --rs2 to train on the fixed subset)")
-    if cfg.rs2 and args.store and args.alpha is None and not _config_sets(args.config, "alpha"):
-        cfg.alpha = "auto"  # RS2 with a teacher: the distillation weight of the fraction it draws
     train_set, test_set = load_sources(args)
     ids, fraction = None, None
     if args.subset:
@@ -192,15 +194,6 @@ def run(args) -> int:
         from kdprune.store import TeacherStore
         store = TeacherStore.open(args.store, expect_fingerprint=train_set)
     return run_training(cfg, train_set, test_set, ids, store=store, keep_fraction=fraction, args=args)
-
-
-def _config_sets(path, name: str) -> bool:
-    """Whether the --config file at ``path`` (None: no file) gives ``name``."""
-    if not path:
-        return False
-    import json
-    with open(path) as f:
-        return name in json.load(f)
 
 
 def run_training(cfg, train_set, test_set, ids, *, store, keep_fraction, args, desc="train") -> int:

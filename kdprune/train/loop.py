@@ -142,6 +142,7 @@ class Trainer:
         self._pool = None  # the teacher-prefetch thread, made on first use
         self._last_save = time.monotonic()
         self._stop_requested = False  # Ctrl-C seen: save and stop after this step
+        self._start = None  # perf_counter() at the run's (virtual) start, set by fit()
 
     # ------------------------------------------------------------------ the run
     def fit(self, resume: bool = False, overwrite: bool = False) -> History:
@@ -151,7 +152,7 @@ class Trainer:
         ``wall_time_s`` adds up the times of every resumed part of the run."""
         if not (resume and self.restore()) and self.out_dir:
             self._fresh_out_dir(overwrite)
-        start = time.perf_counter() - self.elapsed
+        start = self._start = time.perf_counter() - self.elapsed
         self._last_save = time.monotonic()
         with self._interrupts():
             for epoch in range(self.epoch, self.cfg.epochs):
@@ -394,6 +395,8 @@ class Trainer:
 
     def save(self) -> None:
         """Write the checkpoint (rank 0 writes; every rank takes part in gathering the state)."""
+        if self._start is not None:  # the time trained so far, mid-epoch too
+            self.elapsed = time.perf_counter() - self._start
         state = self.state_dict()
         if self.main:
             ckpt.save(self.checkpoint_path, state)
