@@ -1,113 +1,352 @@
-"""What a person reads: ``results.csv`` (one row per finished run), ``results.md`` (mean +- std over
-seeds), ``summary.json`` and the PNG plots, all regenerated from the cell files."""
+"""What a person reads: ``results.csv`` (one row per finished run), ``results.md`` (tables of mean ± std
+over seeds, the time-to-accuracy table and each of the paper's claims checked against the numbers),
+``summary.json`` and the PNG plots, all regenerated from the cell files."""
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 import os
 
 import numpy as np
 
-from kdprune.reproduce import alphafit, grid
+from kdprune.reproduce import grid
+from kdprune.reproduce.grid import FULL, RS2
 
-CSV_COLUMNS = ("key", "studies", "method", "fraction", "kd", "alpha", "teacher", "seed", "test_accuracy",
-               "test_loss", "kept", "samples_seen", "train_wall_time_s", "select_wall_time_s", "wall_time_s",
-               "student", "device", "torch_threads", "finished_at")
+CSV_COLUMNS = ("key", "studies", "method", "fraction", "kd", "alpha", "teacher", "online", "epochs", "seed",
+               "test_accuracy", "test_loss", "kept", "samples_seen", "steps", "train_wall_time_s",
+               "eval_wall_time_s", "select_wall_time_s", "wall_time_s", "student", "device", "torch_threads",
+               "finished_at")
+NOISE = 2.0  # a difference is "within noise" when it is at most this many standard errors
 
 
-def study_keys(p, fit: dict | None) -> dict[str, list]:
-    """Cells of each study (as :class:`Cell` lists); the grid and capacity studies need the fit."""
-    t = p.teacher.name
-    out = {"alpha": grid.alpha_cells(p, t), "grid": [], "capacity": []}
-    if fit is not None:
-        at = lambda f: alphafit.rule_alpha(fit, f)  # noqa: E731
-        out["grid"] = grid.grid_cells(p, t, at)
-        if p.capacity_fractions and p.capacity_teachers:
-            out["capacity"] = grid.capacity_cells(p, [t, *(s.name for s in p.capacity_teachers)], at)
-    return out
+# ---- numbers ----------------------------------------------------------------------------------
+
+def accs(by_key, cells) -> list[float]:
+    """Test accuracies (in %) of the finished ``cells``."""
+    return [100 * by_key[c.key]["test_accuracy"] for c in cells if c.key in by_key]
 
 
 def mean_std(values) -> str:
-    """``"mean +- std"`` of accuracies in percent (std over seeds, ddof=1; only the mean for one seed)."""
-    v = 100 * np.asarray(values, dtype=np.float64)
-    if len(v) == 0:
+    """``"mean ± std"`` of accuracies in percent (std over seeds, ddof=1; only the mean for one value;
+    ``-`` for none)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
         return "-"
-    if len(v) == 1:
+    if v.size == 1:
         return f"{v[0]:.2f}"
     return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
 
 
-def _acc(by_key, cells) -> list[float]:
-    return [by_key[c.key]["test_accuracy"] for c in cells if c.key in by_key]
+def compare(a, b) -> tuple[float, str]:
+    """``(mean(a) - mean(b), verdict)``: ``"within noise"`` when the difference is at most
+    :data:`NOISE` standard errors of the difference (Welch), ``"higher"``/``"lower"`` beyond it,
+    ``"noise unknown"`` with fewer than two values on a side."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.size == 0 or b.size == 0:
+        return math.nan, "not measured"
+    d = float(a.mean() - b.mean())
+    if a.size < 2 or b.size < 2:
+        return d, "noise unknown (one seed)"
+    se = math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
+    if abs(d) <= NOISE * se:
+        return d, "within noise"
+    return d, "higher" if d > 0 else "lower"
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table; every row has the header's number of cells."""
+    def clean(x) -> str:
+        return str(x).replace("|", "/").replace("\n", " ")
+    for r in rows:
+        if len(r) != len(header):
+            raise ValueError(f"table row {r} has {len(r)} cells, the header {len(header)}")
+    lines = ["| " + " | ".join(map(clean, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(map(clean, r)) + " |" for r in rows])
 
 
-def grid_table(p, by_key, fit) -> str:
-    """Methods x {no KD, KD} rows, keep-fraction columns."""
-    t = p.teacher.name
-    rows = []
-    for kd in (False, True):
-        for m in p.methods:
-            cells_at = lambda f: [grid.make_cell(m, f, alphafit.rule_alpha(fit, f) if kd else 0.0, t, s)  # noqa: E731
-                                  for s in p.seeds]
-            rows.append([m, "KD" if kd else "no KD"] + [mean_std(_acc(by_key, cells_at(f))) for f in p.fractions])
-    header = ["method", "training"] + [f"f={f:g}" for f in p.fractions]
-    return _md_table(header, rows)
+# ---- the tables -------------------------------------------------------------------------------
+
+def _cells(rep, method, f, alpha, *, teacher=None, epochs=None, online=False, seeds=None):
+    p = rep.p
+    return [grid.make_cell(method, f, alpha, teacher or p.main_teacher.name, s, epochs or p.student.epochs, online)
+            for s in (seeds or p.seeds)]
 
 
-def alpha_table(p, by_key) -> str:
-    t = p.teacher.name
-    rows = [[f"{a:g}"] + [mean_std(_acc(by_key, [grid.make_cell("random", f, a, t, s) for s in p.seeds]))
-                          for f in p.fractions] for a in p.alphas]
-    return _md_table(["alpha"] + [f"f={f:g}" for f in p.fractions], rows)
+def grid_table(rep, by_key) -> str:
+    """Methods x {no KD, KD} rows, keep-fraction columns; a KD entry whose rule gives alpha 0 says so."""
+    p, rows = rep.p, []
+    for m in p.methods:
+        for kd in (False, True):
+            row = [m, "KD" if kd else "no KD"]
+            for f in p.fractions:
+                a = rep.alpha_at(m, f) if kd else 0.0
+                row.append("alpha 0: no KD run" if kd and a == 0 else mean_std(accs(by_key, _cells(rep, m, f, a))))
+            rows.append(row)
+    return md_table(["method", "training"] + [f"f={f:g}" for f in p.fractions], rows)
 
 
-def _cap_alpha(p, fit, f) -> float:
-    return grid.capacity_alpha(p, lambda x: alphafit.rule_alpha(fit, x), f)
+def alpha_used_table(rep) -> str:
+    p = rep.p
+    rows = [[m] + [f"{rep.alpha_at(m, f):.3f}" for f in p.fractions] for m in p.methods]
+    return md_table(["method"] + [f"f={f:g}" for f in p.fractions], rows)
 
 
-def capacity_table(p, by_key, fit, teachers: dict) -> str:
-    names = [p.teacher.name, *(s.name for s in p.capacity_teachers)]
+def gain_table(rep, by_key) -> str:
+    """KD minus no KD, in points, with the noise verdict."""
+    p, rows = rep.p, []
+    for m in p.methods:
+        row = [m]
+        for f in p.fractions:
+            a = rep.alpha_at(m, f)
+            if a == 0:
+                row.append("-")
+                continue
+            d, verdict = compare(accs(by_key, _cells(rep, m, f, a)), accs(by_key, _cells(rep, m, f, 0.0)))
+            row.append("-" if math.isnan(d) else f"{d:+.2f} ({verdict})")
+        rows.append(row)
+    return md_table(["method"] + [f"f={f:g}" for f in p.fractions], rows)
+
+
+def alpha_sweep_table(rep, by_key) -> str:
+    p, rows = rep.p, []
+    for m in p.alpha_methods:
+        for a in p.alphas:
+            rows.append([m, f"{a:g}"] + [mean_std(accs(by_key, _cells(rep, m, f, a, seeds=p.alpha_seeds)))
+                                         for f in p.alpha_fractions])
+    return md_table(["method", "alpha"] + [f"f={f:g}" for f in p.alpha_fractions], rows)
+
+
+def capacity_table(rep, by_key, teachers: dict) -> str:
+    p = rep.p
+    names = [p.main_teacher.name, *(s.name for s in p.capacity_teachers)]
     rows = []
     for name in names:
         acc = teachers.get(name, {}).get("test_accuracy")
-        rows.append([name, f"{100 * acc:.2f}" if acc is not None else "-"] + [
-            mean_std(_acc(by_key, [grid.make_cell("random", f, _cap_alpha(p, fit, f), name, s)
-                                   for s in p.seeds])) for f in p.capacity_fractions])
-    nokd = [mean_std(_acc(by_key, [grid.make_cell("random", f, 0.0, None, s) for s in p.seeds]))
-            for f in p.capacity_fractions]
-    rows.append(["(no teacher)", "-"] + nokd)
-    return _md_table(["teacher", "teacher acc (%)"] + [f"f={f:g}" for f in p.capacity_fractions], rows)
+        role = "main (self-distillation)" if name == p.main_teacher.name else "capacity"
+        rows.append([name, role, f"{100 * acc:.2f}" if acc is not None else "-"] + [
+            mean_std(accs(by_key, _cells(rep, "random", f, rep.alpha_at("random", f), teacher=name)))
+            if rep.alpha_at("random", f) > 0 else "alpha 0: no KD run" for f in p.capacity_fractions])
+    rows.append(["(no teacher)", "-", "-"] + [mean_std(accs(by_key, _cells(rep, "random", f, 0.0)))
+                                              for f in p.capacity_fractions])
+    return md_table(["teacher", "role", "teacher acc (%)"] + [f"f={f:g}" for f in p.capacity_fractions], rows)
 
 
-def wall_table(p, by_key, records) -> str:
-    """Mean wall time of one student run per keep fraction, without and with KD."""
+def control_table(rep, by_key) -> str:
+    p = rep.p
+    f, e = min(p.fractions), p.student.epochs
+    e_steps = max(1, round(e / f))
+    a = rep.alpha_at("random", f)
     rows = []
-    for kd in (False, True):
-        cells = [r for r in records if bool(r["kd"]) == kd]
-        rows.append(["KD" if kd else "no KD"] + [
-            (f"{np.mean([r['wall_time_s'] for r in cells if r['fraction'] == f]):.1f}"
-             if any(r["fraction"] == f for r in cells) else "-") for f in p.fractions])
-    return _md_table(["training"] + [f"f={f:g}" for f in p.fractions], rows)
+    for label, epochs in ((f"{e} epochs (f of the steps)", e), (f"{e_steps} epochs (the full run's steps)", e_steps)):
+        kd = mean_std(accs(by_key, _cells(rep, "random", f, a, epochs=epochs))) if a > 0 else "alpha 0: no KD run"
+        rows.append([label, mean_std(accs(by_key, _cells(rep, "random", f, 0.0, epochs=epochs))), kd])
+    rows.append([f"full data, {e} epochs", mean_std(accs(by_key, _cells(rep, FULL, 1.0, 0.0))), "-"])
+    return md_table([f"random f={f:g}", "no KD", f"KD (alpha {a:.3f})"], rows)
 
 
-def score_times(out: str) -> dict:
-    """Wall time (s) of each saved score file, from its provenance JSON."""
+def convergence_table(rep, by_key) -> str:
+    p = rep.p
+    rows = []
+    for e in sorted({p.student.epochs, *p.convergence_epochs}):
+        seeds = p.seeds if e == p.student.epochs else p.seeds[:1]
+        rows.append([str(e), mean_std(accs(by_key, _cells(rep, FULL, 1.0, 0.0, epochs=e, seeds=seeds))),
+                     str(len(seeds))])
+    return md_table(["epochs", "full data, no KD: test acc (%)", "seeds"], rows)
+
+
+def score_costs(out: str) -> dict:
+    """Per saved score file: wall time, epochs and runs, from its provenance JSON."""
     d = os.path.join(out, "scores")
     if not os.path.isdir(d):
         return {}
-    times = {}
+    costs = {}
     for name in sorted(os.listdir(d)):
         if name.endswith(".json"):
             with open(os.path.join(d, name)) as f:
-                times[name[:-5]] = json.load(f).get("wall_time_s")
-    return times
+                meta = json.load(f)
+            costs[name[:-5]] = {"wall_time_s": meta.get("wall_time_s"), "epochs": meta.get("epochs"),
+                                "runs": len(meta.get("seeds", [])) or None}
+    return costs
 
+
+def score_table(costs: dict) -> str:
+    rows = [[n, "-" if c["epochs"] is None else str(c["epochs"]), "-" if c["runs"] is None else str(c["runs"]),
+             f"{c['wall_time_s']:.1f}" if c["wall_time_s"] is not None else "-"] for n, c in costs.items()]
+    return md_table(["score", "epochs per run", "runs averaged", "wall time (s)"], rows)
+
+
+def teacher_table(teachers: dict) -> str:
+    rows = [[n, f"{100 * t['test_accuracy']:.2f}", f"{t['train_s']:.1f}", f"{t['logits_s']:.1f}"]
+            for n, t in teachers.items()]
+    return md_table(["teacher", "test acc (%)", "training (s)", "logits to the store (s)"], rows)
+
+
+# ---- time to accuracy -------------------------------------------------------------------------
+
+def time_rows(rep, by_key) -> list[dict]:
+    """The time-to-accuracy configurations: full data without KD, and at each pruned fraction random + KD
+    from the store, random + KD with an online teacher, RS2 + KD; each with its cells."""
+    p = rep.p
+    rows = [{"config": "full data, no KD", "fraction": 1.0, "cells": _cells(rep, FULL, 1.0, 0.0), "teacher": None}]
+    for f in p.fractions:
+        if f >= 1.0:
+            continue
+        a = rep.alpha_at("random", f)
+        if a == 0:
+            continue
+        rows.append({"config": "random + KD (store)", "fraction": f, "cells": _cells(rep, "random", f, a),
+                     "teacher": "store"})
+        if p.online_teacher:
+            rows.append({"config": "random + KD (online teacher)", "fraction": f,
+                         "cells": _cells(rep, "random", f, a, online=True), "teacher": "online"})
+        if RS2 in p.methods:
+            a2 = rep.alpha_at(RS2, f)
+            if a2 > 0:
+                rows.append({"config": "RS2 + KD (store)", "fraction": f, "cells": _cells(rep, RS2, f, a2),
+                             "teacher": "store"})
+    return rows
+
+
+def time_to(curve: list[dict], target: float) -> float | None:
+    """Training time at the first evaluated epoch whose accuracy reaches ``target`` (None: never)."""
+    for point in curve:
+        if 100 * point["test_accuracy"] >= target - 1e-9:
+            return point["train_time_s"]
+    return None
+
+
+def time_table(rep, by_key, teachers: dict) -> tuple[str, float | None, list[dict]]:
+    """The table, the target accuracy (%) and the per-row numbers."""
+    p = rep.p
+    target_accs = accs(by_key, _cells(rep, FULL, 1.0, 0.0))
+    if not target_accs:
+        return "", None, []  # the full-data runs have not finished yet
+    target = float(np.mean(target_accs))
+    t = teachers.get(p.main_teacher.name)
+    one_off = {None: 0.0, "store": (t["train_s"] + t["logits_s"]) if t else math.nan,
+               "online": t["train_s"] if t else math.nan}
+    rows, stats = [], []
+    for row in time_rows(rep, by_key):
+        recs = [by_key[c.key] for c in row["cells"] if c.key in by_key]
+        if not recs:
+            continue
+        times = [time_to(r["curve"], target) for r in recs]
+        reached = [x for x in times if x is not None]
+        run_s = float(np.mean([r["train_wall_time_s"] for r in recs]))
+        c = one_off[row["teacher"]]
+        t_mean = float(np.mean(reached)) if len(reached) == len(recs) else None
+        best = f"{max(100 * r['test_accuracy'] for r in recs):.2f}"
+        stats.append({**{k: v for k, v in row.items() if k != "cells"}, "time_to_target_s": t_mean, "run_s": run_s,
+                      "one_off_s": c})
+        rows.append([row["config"], f"{row['fraction']:g}", mean_std([100 * r["test_accuracy"] for r in recs]),
+                     f"{t_mean:.1f}" if t_mean is not None else f"not reached by {len(recs) - len(reached)} of "
+                     f"{len(recs)} (best {best}%)", f"{run_s:.1f}", f"{c:.1f}",
+                     f"{t_mean + c:.1f}" if t_mean is not None else "-",
+                     f"{t_mean + c / p.amortise_runs:.1f}" if t_mean is not None else "-"])
+    header = ["configuration", "f", "final test acc (%)", "time to target (s)", "whole run (s)",
+              "teacher one-off (s)", "to target + one-off (s)", f"to target + one-off / {p.amortise_runs} (s)"]
+    return md_table(header, rows), target, stats
+
+
+def wall_table(rep, records) -> str:
+    """Mean training wall time of one student run per keep fraction and kind of run."""
+    p = rep.p
+    kinds = [("no KD", lambda r: not r["kd"] and r["method"] != RS2),
+             ("KD, store", lambda r: r["kd"] and not r["online"] and r["method"] != RS2),
+             ("KD, online teacher", lambda r: r["kd"] and r["online"]),
+             ("RS2 + KD, store", lambda r: r["kd"] and r["method"] == RS2)]
+    rows = []
+    for label, keep in kinds:
+        sel = [r for r in records if keep(r) and r["epochs"] == p.student.epochs]
+        rows.append([label] + [(f"{np.mean([r['train_wall_time_s'] for r in sel if r['fraction'] == f]):.1f}"
+                                if any(r["fraction"] == f for r in sel) else "-") for f in p.fractions])
+    return md_table(["run"] + [f"f={f:g}" for f in p.fractions], rows)
+
+
+# ---- the paper's claims -----------------------------------------------------------------------
+
+def _verdict(d: float, verdict: str, good: str) -> str:
+    """'agrees' when the difference goes the claimed way beyond noise (``good`` is 'higher' or 'lower')."""
+    if verdict.startswith("not measured"):
+        return "not measured"
+    if verdict == "within noise":
+        return "does not agree: the difference is within noise"
+    if verdict.startswith("noise unknown"):
+        return ("agrees" if (d > 0) == (good == "higher") else "does not agree") + " (one seed: noise unknown)"
+    return "agrees" if verdict == good else "does not agree"
+
+
+def claims(rep, by_key, teachers: dict, time_stats: list[dict]) -> list[str]:
+    """Each of the paper's claims with the numbers of this run and whether they agree."""
+    p, out = rep.p, []
+    f0 = min(p.fractions)
+    a = rep.alpha_at("random", f0)
+    kd, nokd = accs(by_key, _cells(rep, "random", f0, a)), accs(by_key, _cells(rep, "random", f0, 0.0))
+    if a == 0:
+        out.append(f"1. KD improves training on a pruned subset: not measured (the alpha rule gives 0 at f={f0:g}).")
+    else:
+        d, v = compare(kd, nokd)
+        out.append(f"1. KD improves training on a pruned subset (random pruning, f={f0:g}): KD {mean_std(kd)} vs "
+                   f"no KD {mean_std(nokd)} ({d:+.2f} points, {v}): {_verdict(d, v, 'higher')}.")
+    others = [m for m in p.methods if m not in ("random", RS2)]
+    if others and a > 0:
+        parts = []
+        for m in others:
+            dm, vm = compare(kd, accs(by_key, _cells(rep, m, f0, rep.alpha_at(m, f0))))
+            parts.append(f"{m} {dm:+.2f} ({vm})")
+        worse = sum(1 for x in parts if "(lower)" in x)
+        out.append(f"2. With KD, random pruning is as good as the score-based methods at small f (f={f0:g}, random "
+                   f"minus each): {', '.join(parts)}: "
+                   + ("agrees" if worse == 0 else f"does not agree for {worse} of {len(others)} methods") + ".")
+    fit = rep.fit
+    if fit is not None:
+        for fam, rule in fit.get("rules", {}).items():
+            pts = rule["points"]
+            lo, hi = pts[0], pts[-1]
+            trend = ("agrees" if lo["best_alpha"] > hi["best_alpha"] else
+                     "does not agree (equal)" if lo["best_alpha"] == hi["best_alpha"] else "does not agree")
+            out.append(f"3. The best alpha grows as f shrinks ({fam} family, swept on {rule['fitted_on']}): best "
+                       f"alpha {lo['best_alpha']:g} at f={lo['fraction']:g} vs {hi['best_alpha']:g} at "
+                       f"f={hi['fraction']:g}: {trend}.")
+        rules = fit.get("rules", {})
+        if {"random", "hard"} <= set(rules):
+            ar, ah = rep.alpha_at("random", f0), rep.alpha_at("el2n", f0)
+            out.append(f"4. Hard-sample methods want a higher alpha than random pruning at small f: fitted alpha at "
+                       f"f={f0:g} {ah:.3f} (hard) vs {ar:.3f} (random): "
+                       + ("agrees" if ah > ar else "does not agree") + ".")
+    if p.capacity_teachers and p.capacity_fractions:
+        fc = min(p.capacity_fractions)
+        main = accs(by_key, _cells(rep, "random", fc, rep.alpha_at("random", fc)))
+        big = max(p.capacity_teachers, key=lambda s: s.width)
+        if big.width > p.main_teacher.width:
+            large = accs(by_key, _cells(rep, "random", fc, rep.alpha_at("random", fc), teacher=big.name))
+            d, v = compare(large, main)
+            acc = teachers.get(big.name, {}).get("test_accuracy")
+            out.append(f"5. At small f a larger, more accurate teacher does not give a better student (f={fc:g}): "
+                       f"teacher {big.name}" + (f" ({100 * acc:.2f}%)" if acc else "") + f" gives {mean_std(large)} vs "
+                       f"{mean_std(main)} from the self-distillation teacher ({d:+.2f}, {v}): "
+                       + ("agrees" if v in ("within noise", "lower") else "does not agree") + ".")
+    full = next((s for s in time_stats if s["teacher"] is None), None)
+    store = [s for s in time_stats if s["config"] == "random + KD (store)" and s["time_to_target_s"] is not None]
+    if full and full["time_to_target_s"] is not None:
+        if store:
+            best = min(store, key=lambda s: s["time_to_target_s"])
+            with_teacher = best["time_to_target_s"] + best["one_off_s"]
+            out.append(f"6. Random pruning + KD reaches the full-data accuracy in less wall time: f={best['fraction']:g} "
+                       f"takes {best['time_to_target_s']:.1f} s vs {full['time_to_target_s']:.1f} s on all the data "
+                       f"(student run only: " + ("agrees" if best["time_to_target_s"] < full["time_to_target_s"]
+                                                 else "does not agree") + f"); with the teacher's one-off cost paid "
+                       f"by this run alone {with_teacher:.1f} s ("
+                       + ("agrees" if with_teacher < full["time_to_target_s"] else "does not agree") + ").")
+        else:
+            out.append("6. Random pruning + KD reaches the full-data accuracy in less wall time: no pruned KD run "
+                       "reached it in every seed: does not agree.")
+    return out
+
+
+# ---- writing ----------------------------------------------------------------------------------
 
 def write_csv(path: str, rows: list[dict]) -> None:
     from kdprune.report import write_text_atomic
@@ -126,73 +365,97 @@ def write_outputs(rep, total_wall_time_s: float | None = None) -> dict:
     from kdprune.reproduce import plots
     from kdprune.reproduce.runner import machine_info
 
+    rep.load_fit()
     p, out = rep.p, rep.out
     records = rep.records()
     by_key = {r["key"]: r for r in records}
-    fit = alphafit.read_fit(os.path.join(out, "alpha_fit.json"))
-    studies = study_keys(p, fit)
+    studies = rep.study_cells()
     member = {}
     for name, cells in studies.items():
         for c in cells:
             member.setdefault(c.key, []).append(name)
     for r in records:
         r["studies"] = ";".join(dict.fromkeys(member.get(r["key"], [])))
-    records.sort(key=lambda r: (r["method"], r["fraction"], r["alpha"], r["teacher"], r["seed"]))
+    records.sort(key=lambda r: (r["method"], r["fraction"], r["alpha"], r["teacher"], r["epochs"], r["seed"]))
     write_csv(os.path.join(out, "results.csv"), records)
 
-    machine = machine_info(rep.device)
+    teachers = {n: t for n, s in rep.teachers().items() if (t := rep.teacher_info(s)) is not None}
+    time_md, target, time_stats = time_table(rep, by_key, teachers) if "grid" in studies else ("", None, [])
     summary = {"preset": p.as_dict(), "dataset": {"name": rep.train.name, "train": len(rep.train),
                                                   "test": len(rep.test), "fingerprint": rep.train.fingerprint},
-               "teachers": rep.teachers, "scores": score_times(out), "alpha_fit": fit, "runs_finished": len(records),
+               "teachers": teachers, "scores": score_costs(out), "alpha_fit": rep.fit,
+               "alpha_source": p.alpha_source, "runs_finished": len(records),
                "runs_planned": len(grid.unique([c for cells in studies.values() for c in cells])),
                "student_wall_time_s": float(sum(r["wall_time_s"] for r in records)),
-               "total_wall_time_s": total_wall_time_s, "machine": machine}
+               "target_accuracy": target, "time_to_accuracy": time_stats,
+               "total_wall_time_s": total_wall_time_s, "machine": machine_info(rep.device)}
     write_text_atomic(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n")
-    pngs = plots.write_plots(rep, by_key, fit) if records else []
-    write_text_atomic(os.path.join(out, "results.md"), report_markdown(rep, summary, by_key, fit, records, pngs))
+    pngs = plots.write_plots(rep, by_key, teachers, target) if records and "grid" in studies else []
+    md = report_markdown(rep, summary, by_key, records, pngs, time_md) if "grid" in studies else \
+        f"# kdprune reproduce --preset {p.name}\n\nThe alpha sweep is running; the tables follow when it ends.\n"
+    write_text_atomic(os.path.join(out, "results.md"), md)
     return summary
 
 
-def report_markdown(rep, summary, by_key, fit, records, pngs) -> str:
+def report_markdown(rep, summary, by_key, records, pngs, time_md) -> str:
     p = rep.p
-    s, t = p.student, p.teacher
-    teacher = rep.teachers.get(t.name, {})
+    s, t = p.student, p.main_teacher
+    teachers = summary["teachers"]
     m = summary["machine"]
-    where = m.get("gpu") or f"{m['processor']}, {m['torch_threads']} torch threads, {m['cpu_count']} CPUs"
+    where = m.get("gpu") or f"{m['processor']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads"
+    alpha_src = ("the rule fitted by this run's alpha sweep (below)" if p.alpha_source == "fit" else
+                 "the rule shipped with kdprune (kdprune/loss/alpha_fit.json)")
     parts = [
         f"# kdprune reproduce --preset {p.name}",
         "",
-        f"Data: {summary['dataset']['name']}, {summary['dataset']['train']:,} training samples, evaluated on "
-        f"all {summary['dataset']['test']:,} test samples. Machine: {where} (torch {m['torch']}, device "
-        f"{m['device']}).",
-        f"Student: {s.model} width {s.width}, {s.epochs} epochs at every keep fraction (a run on f of the data "
-        f"takes f of the steps), batch {p.batch_size}, SGD lr {p.lr:g} one-cycle, no augmentation. "
-        f"KD temperature {p.temperature:g}.",
-        f"Teacher: {t.model} width {t.width}, {t.epochs} epochs on all training samples: test accuracy "
-        + (f"{100 * teacher['test_accuracy']:.2f}% ({teacher['wall_time_s']:.0f} s)." if teacher else "(not trained yet)."),
-        f"Seeds: {', '.join(map(str, p.seeds))}; entries are test accuracy in %, mean ± std over seeds. "
-        f"Runs finished: {summary['runs_finished']} of {summary['runs_planned']}; student wall time "
-        f"{summary['student_wall_time_s'] / 60:.1f} min"
-        + (f"; this invocation took {summary['total_wall_time_s'] / 60:.1f} min (a resumed reproduction counts "
-           "only what it ran; teachers and scores are in summary.json)." if summary["total_wall_time_s"] else "."),
+        f"Data: {summary['dataset']['name']}, {summary['dataset']['train']:,} training samples, evaluated on all "
+        f"{summary['dataset']['test']:,} test samples. Machine: {where} (torch {m['torch']}, device {m['device']}).",
+        "",
+        f"Student: {s.model} width {s.width}, {s.epochs} epochs at every keep fraction f (a run on f of the data "
+        f"takes f of the steps), batch {p.batch_size}, SGD lr {p.lr:g} one-cycle, no augmentation. KD temperature "
+        f"{p.temperature:g}; alpha from {alpha_src}. Main teacher: the student's own architecture trained "
+        f"{t.epochs} epochs on all the data (self-distillation).",
+        "",
+        f"Seeds: {', '.join(map(str, p.seeds))}; entries are test accuracy in %, mean ± std over seeds. A difference "
+        f"is called within noise when it is at most {NOISE:g} standard errors of the difference. Scores are "
+        "computed once per reproduction (averaged over their own runs), so the seeds vary the subset of random "
+        f"pruning, the student's initialisation and its data order. Runs finished: {summary['runs_finished']} of "
+        f"{summary['runs_planned']}; student training time {summary['student_wall_time_s'] / 60:.1f} min"
+        + (f"; this invocation {summary['total_wall_time_s'] / 60:.1f} min." if summary["total_wall_time_s"] else "."),
         "",
     ]
-    if fit is not None:
-        rule = ", ".join(f"f={f:g}: {alphafit.rule_alpha(fit, f):.2f}" for f in p.fractions)
-        parts += ["## Accuracy by pruning method, without and with KD", "",
-                  f"KD runs use alpha from the rule fitted by the alpha study below ({rule}).", "",
-                  grid_table(p, by_key, fit), ""]
-    parts += ["## Alpha study (random pruning)", "", alpha_table(p, by_key), ""]
-    if fit is not None:
-        best = ", ".join(f"f={q['fraction']:g}: {q['best_alpha']:g}" for q in fit["points"])
-        parts += [f"Best alpha per fraction: {best}. Fitted rule: {fit['form']} with a = {fit['a']:.3f}, "
-                  f"b = {fit['b']:.3f}.", ""]
-        if p.capacity_fractions and p.capacity_teachers:
-            cap = "the fitted alpha" if p.capacity_alpha is None else f"alpha {p.capacity_alpha:g}"
-            parts += [f"## Teacher capacity (random pruning, KD at {cap})", "",
-                      f"The student is {s.model} width {s.width}.", "",
-                      capacity_table(p, by_key, fit, rep.teachers), ""]
-    parts += ["## Wall time of one student run (s, mean over runs; every run's time is in results.csv)", "",
-              wall_table(p, by_key, records), ""]
+    lines = claims(rep, by_key, teachers, summary["time_to_accuracy"])
+    if lines:
+        parts += ["## The paper's claims against these numbers", "", *lines, ""]
+    parts += ["## Accuracy by pruning method, without and with KD", "", grid_table(rep, by_key), "",
+              "Alpha of the KD runs:", "", alpha_used_table(rep), "",
+              "KD minus no KD (points), with the noise verdict:", "", gain_table(rep, by_key), ""]
+    if p.alpha_source == "fit":
+        parts += ["## Alpha sweep", "", alpha_sweep_table(rep, by_key), ""]
+        if rep.fit is not None:
+            for fam, rule in rep.fit["rules"].items():
+                best = ", ".join(f"f={q['fraction']:g}: {q['best_alpha']:g}" for q in rule["points"])
+                parts += [f"Family {fam} (swept on {rule['fitted_on']}): best alpha {best}; fitted "
+                          f"{rep.fit['form']} with a = {rule['a']:.3f}, b = {rule['b']:.3f}.", ""]
+    if time_md:
+        parts += ["## Time to accuracy", "",
+                  f"Target: the full-data no-KD accuracy, {summary['target_accuracy']:.2f}% (mean over seeds). "
+                  "Time to target: the training time (evaluation excluded) at the end of the first epoch whose "
+                  "test accuracy reaches it, mean over seeds (only when every seed reaches it). The teacher's "
+                  "one-off cost (its training, plus writing its logits for the store) is shown paid in full by "
+                  f"one run and shared by {p.amortise_runs} runs that reuse the same teacher.", "", time_md, ""]
+    if p.capacity_teachers and p.capacity_fractions:
+        parts += ["## Teacher capacity (random pruning, KD)", "", capacity_table(rep, by_key, teachers), ""]
+    if p.fixed_steps_control:
+        parts += ["## Fixed-steps control", "", control_table(rep, by_key), ""]
+    if p.convergence_epochs:
+        parts += ["## Convergence of the full-data student", "", convergence_table(rep, by_key), ""]
+    if teachers:
+        parts += ["## Teachers", "", teacher_table(teachers), ""]
+    costs = summary["scores"]
+    if costs:
+        parts += ["## Cost of the scores", "", score_table(costs), ""]
+    parts += ["## Training wall time of one student run (s, mean over runs; every run is in results.csv)", "",
+              wall_table(rep, records), ""]
     parts += [f"![{os.path.splitext(os.path.basename(x))[0]}]({os.path.basename(x)})" for x in pngs]
     return "\n".join(parts) + "\n"

@@ -1,4 +1,8 @@
-"""Publishing a reproduction: the fitted alpha rule into the package, the table and plots into docs."""
+"""Publishing a reproduction: the tables, plots and fitted alpha rule copied to a docs folder.
+
+The fitted alpha rule is never written into the installed package: ``alpha_fit.json`` stays in the
+run's output directory, and shipping it (``kdprune/loss/alpha_fit.json``) is a commit a maintainer makes.
+"""
 from __future__ import annotations
 
 import os
@@ -7,25 +11,16 @@ import shutil
 from kdprune.errors import ConfigError
 
 PUBLISHED = ("results.md", "results.csv", "alpha_fit.json", "summary.json", "accuracy_vs_fraction.png",
-             "alpha.png", "capacity.png")
+             "alpha.png", "capacity.png", "accuracy_vs_time.png")
 
 
-def package_alpha_fit_path() -> str:
-    """Where :func:`kdprune.alpha_for_fraction` reads its coefficients: ``kdprune/loss/alpha_fit.json``."""
-    import kdprune
-    return os.path.join(os.path.dirname(kdprune.__file__), "loss", "alpha_fit.json")
-
-
-def install_alpha_fit(out_dir: str, dest: str | None = None) -> str:
-    """Copy ``out_dir/alpha_fit.json`` to ``dest`` (default: the package's); returns ``dest``."""
-    src = os.path.join(out_dir, "alpha_fit.json")
-    if not os.path.exists(src):
-        raise ConfigError(f"{src} not found: run the alpha study first (`kdprune reproduce`)")
-    dest = dest or package_alpha_fit_path()
-    tmp = dest + ".tmp"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
-    return dest
+def fitted_alpha_rule(out_dir: str) -> str:
+    """The path of the alpha rule a reproduction fitted (``out_dir/alpha_fit.json``)."""
+    path = os.path.join(out_dir, "alpha_fit.json")
+    if not os.path.exists(path):
+        raise ConfigError(f"{path} not found: this reproduction fitted no alpha rule (its preset uses the "
+                          "shipped rule, or the alpha sweep has not finished)")
+    return path
 
 
 def copy_results(out_dir: str, dest_dir: str) -> list[str]:

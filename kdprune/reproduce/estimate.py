@@ -1,0 +1,99 @@
+"""What a preset costs before it runs: its work counted in samples, timed with rates measured here.
+
+Work: every teacher (training on all samples, one forward pass to write its logits), every score
+(training runs, GraNd's per-sample gradients), every student run (kept samples x epochs of training, an
+online teacher's forward pass on each of them, and one test-set evaluation per evaluated epoch). Rates:
+seconds per sample of training and of a forward pass at each model width, and of one per-sample
+gradient, measured by short runs on this machine at ``threads`` torch threads (the threads each of the
+``jobs`` workers gets). The estimate is the work divided among the jobs; scheduling gaps, process start
+and the alpha sweep's barrier (the other studies wait for its fit) come on top.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from kdprune.reproduce import grid
+
+CALIBRATION_SAMPLES = 3072
+
+
+def _alpha_guess(method: str, f: float) -> float:
+    """Any positive alpha: the cost of a KD run does not depend on its value."""
+    return 0.5
+
+
+def work(p: grid.Preset, n_train: int, n_test: int) -> list[dict]:
+    """Every unit of work of preset ``p`` on a dataset of ``n_train``/``n_test`` samples."""
+    items = []
+    for t in {s.name: s for s in (p.main_teacher, *p.capacity_teachers)}.values():
+        items.append({"what": f"teacher {t.name}", "width": t.width, "train": n_train * t.epochs,
+                      "forward": n_train + n_test})
+    needed = {grid.METHOD_SCORE[m][0] for m in p.methods if m in grid.METHOD_SCORE} - {"teacher-el2n"}
+    for name in sorted(needed):
+        spec = p.scores[name]
+        items.append({"what": f"score {name}", "width": p.student.width, "train": spec.runs * spec.epochs * n_train,
+                      "grand": spec.runs * n_train if name == "grand" else 0})
+    cells = grid.alpha_cells(p)
+    cells += grid.grid_cells(p, _alpha_guess) + grid.capacity_cells(p, _alpha_guess)
+    cells += grid.control_cells(p, _alpha_guess) + grid.online_cells(p, _alpha_guess) + grid.convergence_cells(p)
+    for c in grid.unique(cells):
+        kept = round(c.fraction * n_train)
+        evals = c.epochs if c.curve else 1
+        items.append({"what": "student", "width": p.student.width, "train": kept * c.epochs,
+                      "forward": evals * n_test, "teacher_forward": kept * c.epochs if c.online else 0,
+                      "teacher_width": p.main_teacher.width})
+    return items
+
+
+def measure_rates(p: grid.Preset, train, test, threads: int = 1, device: str = "cpu") -> dict:
+    """Seconds per sample: training and forward at each width of ``p``, and GraNd's per-sample gradient."""
+    import torch
+
+    from kdprune.models import build_model
+    from kdprune.scores.grand import grand_scores
+    from kdprune.train import TrainConfig, train_run
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rates = {"train": {}, "forward": {}}
+        n = min(CALIBRATION_SAMPLES, len(train))
+        ids = np.arange(n)
+        for w in sorted({p.student.width, *(s.width for s in p.capacity_teachers)}):
+            cfg = TrainConfig(model=p.student.model, width=w, epochs=1, batch_size=p.batch_size, lr=p.lr,
+                              augment=False, device=device)
+            train_run(cfg, train, test, ids[: p.batch_size * 2], progress=False)  # warm-up
+            _, m = train_run(cfg, train, test, ids, progress=False)
+            ev = m["history"][-1].get("eval_time_s", 0.0)
+            rates["train"][w] = (m["history"][-1]["time_s"]) / n
+            rates["forward"][w] = ev / max(1, len(test))
+        torch.manual_seed(0)
+        net = build_model(p.student.model, train.num_classes, train.image_shape[2], width=p.student.width)
+        k = 256
+        t0 = time.perf_counter()
+        grand_scores(net, train.images[:k], train.labels[:k], device=device)
+        rates["grand"] = (time.perf_counter() - t0) / k
+        rates["threads"] = threads
+        return rates
+    finally:
+        torch.set_num_threads(before)
+
+
+def estimate(p: grid.Preset, rates: dict, n_train: int, n_test: int, jobs: int = 1) -> dict:
+    """Seconds of each kind of work of preset ``p`` at ``rates`` (from :func:`measure_rates`), and the
+    wall time with ``jobs`` workers."""
+    tr, fw = rates["train"], rates["forward"]
+    by = {}
+    for it in work(p, n_train, n_test):
+        s = it.get("train", 0) * tr[it["width"]] + it.get("forward", 0) * fw[it["width"]]
+        s += it.get("teacher_forward", 0) * fw.get(it.get("teacher_width"), fw[it["width"]])
+        s += it.get("grand", 0) * rates["grand"]
+        kind = it["what"].split(" ")[0]
+        by[kind] = by.get(kind, 0.0) + s
+        by.setdefault("runs", 0)
+        by["runs"] += it["what"] == "student"
+    total = sum(v for k, v in by.items() if k != "runs")
+    return {"seconds": by, "job_seconds": total, "jobs": jobs, "wall_s": total / jobs,
+            "student_runs": by.get("runs", 0)}
