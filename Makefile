@@ -35,7 +35,7 @@ system-deps:
 $(PY):
 	python3 -m venv $(VENV)
 
-$(STAMP): $(PY) pyproject.toml
+$(STAMP): $(PY) pyproject.toml setup.py
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PIP) install -q torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
 	$(PIP) install -q numpy tqdm ninja
@@ -48,11 +48,12 @@ build: $(STAMP)
 	sys.exit(0 if so and all(os.path.getmtime(so[0]) >= os.path.getmtime(s) for s in srcs) else 1)" \
 	|| $(PY) setup.py -q build_ext --inplace
 
+# Every benchmark, its rows appended under runs/bench (run a script directly to record into benchmarks/results/)
 bench: install
-	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+	for n in $$($(PY) -m kdprune bench list); do $(PY) -m kdprune bench $$n --out runs/bench || exit 1; done
 
 reproduce: install
-	$(PY) -m kdprune reproduce --preset full --jobs 2 --write-alpha-fit --copy-to docs/results/full
+	$(PY) -m kdprune reproduce --preset full --jobs 2 --threads 1 --write-alpha-fit --copy-to docs/results/full
 
 # On a CUDA machine: build the extension in place, the Triton tests at full shapes, the loss benchmark
 # against torch.compile and Liger, a ResNet-50 step; one JSON in runs/gpu-check/ (see the script's
@@ -60,10 +61,11 @@ reproduce: install
 # GPU machine has no venv): no `install` needed.
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 GPU_CHECK_ARGS ?=
+GPU_WHEELS := liger-kernel pytest pluggy iniconfig packaging pygments tqdm
 gpu-check:
-	@ls .wheels/liger_kernel-*.whl >/dev/null 2>&1 || timeout 60 $(GPU_PY) -m pip download -q --no-deps \
-	  --retries 0 --timeout 10 -d .wheels liger-kernel >/dev/null 2>&1 || \
-	  echo "[kdprune] no liger-kernel wheel in .wheels/ and none downloadable: the check runs without Liger"
+	@ls .wheels/liger_kernel-*.whl .wheels/pytest-*.whl >/dev/null 2>&1 || timeout 120 $(GPU_PY) -m pip download \
+	  -q --no-deps --retries 0 --timeout 10 -d .wheels $(GPU_WHEELS) >/dev/null 2>&1 || \
+	  echo "[kdprune] the wheels in .wheels/ are missing and not downloadable: the check runs without Liger"
 	$(GPU_PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:

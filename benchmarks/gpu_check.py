@@ -30,12 +30,13 @@ module, bench_loss, the ResNet-50 constructor, Liger when its wheel is there) an
 import fails).
 
 It runs from a source checkout without installing anything: the repository goes on the stages'
-``sys.path``, ``kernels/`` is mapped to ``kdprune.kernels`` as an install would, and Liger-Kernel's
-pure-Python wheel (``.wheels/liger_kernel-*.whl``, which ``make gpu-check`` downloads when it is missing
-and the network allows) is unpacked into the work directory. Without the wheel the benchmark runs
+``sys.path``, ``kernels/`` is mapped to ``kdprune.kernels`` as an install would, and the pure-Python
+wheels in ``.wheels/`` (which ``make gpu-check`` downloads when they are missing and the network
+allows) are unpacked into the work directory: Liger-Kernel's, and pytest with its dependencies and
+tqdm, used only where the machine has none of its own. Without Liger's wheel the benchmark runs
 without the Liger column, and the JSON says so.
 
-On the lent GPU machine (no network; the wheel is carried, results come back under $OUT):
+On the lent GPU machine (no network; the wheels are carried, results come back under $OUT):
 
     run(command='make gpu-check GPU_CHECK_ARGS="--out $OUT/gpu_check.json"', carry=[".wheels"], timeout_s=560)
 
@@ -66,16 +67,22 @@ STAGE_LIMITS = {"build": 110, "triton_tests": 125, "bench_loss": 165, "train_ste
 STAGES = tuple(STAGE_LIMITS)
 VERSIONED = ("torch", "triton", "torchvision", "timm", "lightning", "numpy", "liger_kernel")
 DISTRIBUTIONS = {"liger_kernel": "liger-kernel"}
+# pure-Python wheels carried for a machine that lacks them (file-name spellings); the machine's own win
+FALLBACK_WHEELS = ("pytest", "pluggy", "iniconfig", "packaging", "pygments", "tqdm")
 LOSS_TARGETS = {"fraction_of_peak": 0.8, "speedup_vs_compile": 1.5, "speedup_vs_liger": 1.0}
 
 
 # ----------------------------------------------------------------------------- running from a checkout
 def make_importable(work: str | None = None) -> None:
-    """Put the checkout (and the unpacked Liger wheel under ``work``) on ``sys.path`` and map
-    ``kernels/`` to ``kdprune.kernels`` when no install provides it. Call before importing kdprune.loss."""
+    """Put the checkout and the unpacked Liger wheel (under ``work``) first on ``sys.path``, the
+    fallback wheels (pytest, tqdm, ...) last, and map ``kernels/`` to ``kdprune.kernels`` when no
+    install provides it. Call before importing kdprune.loss."""
     for path in (os.path.join(work, "liger") if work else None, REPO):
         if path and os.path.isdir(path) and path not in sys.path:
             sys.path.insert(0, path)
+    fallback = os.path.join(work, "fallback") if work else None
+    if fallback and os.path.isdir(fallback) and fallback not in sys.path:
+        sys.path.append(fallback)  # only what the machine lacks comes from here
     import kdprune
 
     try:
@@ -93,28 +100,40 @@ def make_importable(work: str | None = None) -> None:
     kdprune.kernels = module
 
 
-def find_wheel(wheels: str) -> str | None:
-    """The newest liger-kernel wheel in ``wheels``, or None."""
-    found = sorted(glob.glob(os.path.join(wheels, "liger_kernel-*.whl")))
+def find_wheel(wheels: str, project: str) -> str | None:
+    """The newest wheel of ``project`` (its file-name spelling, e.g. liger_kernel) in ``wheels``, or None."""
+    found = sorted(glob.glob(os.path.join(wheels, f"{project}-*.whl")))
     return found[-1] if found else None
 
 
-def unpack_liger(wheels: str, work: str) -> dict:
-    """Unpack the liger-kernel wheel into ``work/liger`` (a wheel is a zip; liger's namespace
-    subpackages do not import from a zip on sys.path). Returns what the JSON records about Liger."""
-    wheel = find_wheel(wheels)
+def unpack(wheel: str, target: str) -> None:
+    """Unpack a pure-Python wheel (a zip) into ``target``, once per wheel file; unpacked, because
+    liger's namespace subpackages do not import from a zip on sys.path."""
+    stamp = os.path.join(target, ".wheels")
+    done = open(stamp).read().split() if os.path.exists(stamp) else []
+    if os.path.basename(wheel) in done:
+        return
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(target)
+    with open(stamp, "a") as f:
+        f.write(os.path.basename(wheel) + "\n")
+
+
+def unpack_wheels(wheels: str, work: str) -> dict:
+    """Liger's wheel into ``work/liger`` (first on the stages' path) and the fallbacks for a machine
+    without them (pytest and its dependencies, tqdm) into ``work/fallback`` (last on the path).
+    Returns what the JSON records about Liger, with the fallback wheels found."""
+    fallback = [w for w in (find_wheel(wheels, p) for p in FALLBACK_WHEELS) if w]
+    for wheel in fallback:
+        unpack(wheel, os.path.join(work, "fallback"))
+    wheel = find_wheel(wheels, "liger_kernel")
+    found = {"fallback_wheels": [os.path.basename(w) for w in fallback]}
     if wheel is None:
-        return {"wheel": None, "status": "no wheel",
+        return {"wheel": None, "status": "no wheel", **found,
                 "note": f"no liger_kernel-*.whl in {wheels}: the benchmark runs without Liger "
                         f"(download it with: pip download --no-deps -d {wheels} liger-kernel)"}
-    target = os.path.join(work, "liger")
-    stamp = os.path.join(target, ".wheel")
-    if not (os.path.exists(stamp) and open(stamp).read() == os.path.basename(wheel)):
-        with zipfile.ZipFile(wheel) as zf:
-            zf.extractall(target)
-        with open(stamp, "w") as f:
-            f.write(os.path.basename(wheel))
-    return {"wheel": os.path.basename(wheel), "status": "unpacked", "path": target}
+    unpack(wheel, os.path.join(work, "liger"))
+    return {"wheel": os.path.basename(wheel), "status": "unpacked", **found}
 
 
 # ----------------------------------------------------------------------------- facts about the run
@@ -481,7 +500,7 @@ def summary(doc: dict) -> str:
     dev, v = doc.get("device") or {}, doc["versions"]
     lines = [f"GPU check on {dev.get('name', 'no CUDA device')}, {doc['date'][:10]}"
              + (f" (commit {doc['commit']})" if doc.get("commit") else "") + f": `{doc['command']}`", "",
-             "torch " + fmt(v.get("torch")) + ", triton " + fmt(v.get("triton")) + ", CUDA " + fmt(dev.get("cuda"))
+             "torch " + fmt(v.get("torch")) + ", triton " + fmt(v.get("triton")) + ", CUDA " + (dev.get("cuda") or "n/a")
              + ", liger-kernel " + (v.get("liger_kernel") or "absent") + ".", ""]
     if doc.get("imports"):
         lines += ["Imports: " + ", ".join(f"{k} {s}" for k, s in doc["imports"].items()) + ".", ""]
@@ -578,7 +597,7 @@ def main(argv=None) -> int:
         return child_main(args)
     sys.path.insert(0, HERE)
     command = "python3 benchmarks/gpu_check.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    liger = unpack_liger(args.wheels, args.work)
+    liger = unpack_wheels(args.wheels, args.work)
     make_importable(args.work)
     import torch
 

@@ -32,6 +32,27 @@ def test_without_cuda_it_says_so_checks_imports_and_exits_0(tmp_path):
     assert (out.parent / "summary.md").read_text() in proc.stdout
 
 
+def test_carried_wheels_are_unpacked_liger_first_on_the_path_fallbacks_last(tmp_path, monkeypatch):
+    import zipfile
+
+    wheels, work = tmp_path / "wheels", tmp_path / "work"
+    wheels.mkdir()
+    for name, module in (("liger_kernel-9.9-py3-none-any.whl", "fake_liger_mod"),
+                         ("tqdm-0.1-py3-none-any.whl", "fake_tqdm_mod")):
+        with zipfile.ZipFile(wheels / name, "w") as zf:
+            zf.writestr(f"{module}.py", f"WHO = {module!r}\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    info = gpu_check.unpack_wheels(str(wheels), str(work))
+    assert info["status"] == "unpacked" and info["wheel"] == "liger_kernel-9.9-py3-none-any.whl"
+    assert info["fallback_wheels"] == ["tqdm-0.1-py3-none-any.whl"]
+    assert gpu_check.unpack_wheels(str(wheels), str(work)) == info  # a second run unpacks nothing new
+    gpu_check.make_importable(str(work))
+    assert sys.path.index(str(work / "liger")) < sys.path.index(gpu_check.REPO)
+    assert sys.path[-1] == str(work / "fallback")
+    assert (work / "liger" / "fake_liger_mod.py").exists() and (work / "fallback" / "fake_tqdm_mod.py").exists()
+    assert gpu_check.unpack_wheels(str(tmp_path / "none"), str(work))["status"] == "no wheel"
+
+
 def test_peak_bandwidth_from_the_table_an_override_or_the_device():
     class Props:
         memory_clock_rate = 2_619_000  # kHz
