@@ -5,8 +5,8 @@
 DATA holds ``train/<class>/<image>`` and ``val/<class>/<image>`` (torchvision's ImageFolder layout).
 The teacher is your trained model (``--teacher-weights teacher.pt``, a state dict of
 ``--teacher-arch``); without one it is trained here first, on all of ``train/``, by ``kdprune.fit``
-(which runs DDP itself under torchrun). Rank 0 writes the teacher's logits once; every rank then reads
-them by sample id. Each rank's :class:`kdprune.KeptIdSampler` yields its own shard of the subset:
+(which runs DDP itself under torchrun). The ranks share the work of computing the teacher's logits,
+written once into one store; every rank then reads them by sample id. Each rank's :class:`kdprune.KeptIdSampler` yields its own shard of the subset:
 disjoint, equal-length, covering it, in a fresh order every epoch. NCCL on GPUs, gloo on CPUs.
 """
 import argparse
@@ -67,12 +67,9 @@ def main(argv=None):
                                         num_workers=args.workers),
                     epochs=args.teacher_epochs, lr=args.lr, device=device, eval_loader=val_loader, desc="teacher")
 
-    path = os.path.join(args.out, "teacher_logits")
-    if rank == 0:  # once; the other ranks wait, then open it
-        kdprune.write_teacher_logits(teacher, train_set, path, batch_size=2 * args.batch_size, device=device,
-                                     workers=args.workers)
-    dist.barrier()
-    store = kdprune.TeacherStore.open(path, expect_fingerprint=kdprune.fingerprint(train_set))
+    # every rank computes its share of the teacher's logits; rank 0 writes the store, all ranks read it
+    store = kdprune.write_teacher_logits(teacher, train_set, os.path.join(args.out, "teacher_logits"),
+                                         batch_size=2 * args.batch_size, device=device, workers=args.workers)
 
     subset = kdprune.prune(None, args.fraction, mode="random", labels=train_set.targets, class_balanced=True,
                            seed=args.seed)  # the same subset on every rank: it is seeded

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from kdprune.dropin import WithIds, dataset_name, fingerprint
-from kdprune.errors import DataError, StoreError
+from kdprune.errors import ConfigError, DataError, StoreError
+from kdprune.loaders.batch import resolve_distributed
 from kdprune.store import TeacherStore
 from kdprune.store import format as fmt
 from kdprune.store.fill import describe_model
@@ -27,7 +28,7 @@ __all__ = ["write_teacher_logits"]
 def write_teacher_logits(teacher: torch.nn.Module, dataset, path, *, views: int = 1, augment=None,
                          batch_size: int = 256, device="cpu", dtype: str = "float16", topk: int | None = None,
                          num_classes: int | None = None, workers: int = 0, description: dict | None = None,
-                         dataset_fingerprint: str | None = None, chunk_rows: int | None = None,
+                         dataset_fingerprint: str | None = None, chunk_rows: int | None = None, distributed=None,
                          image_size=None, progress: bool = True) -> TeacherStore:
     """Run ``teacher`` over every sample of ``dataset`` and store its logits at ``path``; returns the
     opened store (``store.gather(ids)`` reads them back by sample id).
@@ -39,7 +40,9 @@ def write_teacher_logits(teacher: torch.nn.Module, dataset, path, *, views: int 
     ``num_classes`` or the width of the teacher's output. ``workers``: DataLoader processes reading a
     dataset that is not held in memory. ``description``: a JSON description of the teacher recorded in
     the store (default: its class and a hash of its weights, so a resume with other weights is
-    refused). ``dataset_fingerprint`` defaults to :func:`kdprune.fingerprint` of the dataset.
+    refused). ``dataset_fingerprint`` defaults to :func:`kdprune.fingerprint` of the dataset. Under
+    torchrun (an initialised process group; ``distributed=False`` turns it off) every rank calls it and
+    computes its share of the batches; rank 0 writes them, and every rank gets the opened store.
     ``image_size`` (int or (H, W)): for kdprune's datasets, the size of the unaugmented input (resize +
     centre crop, as evaluation does) and of the views when ``augment`` has no ``out_size``; images of
     varied sizes need one. Views are cropped relative to each image's own size.
@@ -71,6 +74,10 @@ def write_teacher_logits(teacher: torch.nn.Module, dataset, path, *, views: int 
     existing = _published(path, len(source), num_classes, chunk_rows, kwargs)
     if existing is not None:
         return existing
+    rank, world = resolve_distributed(distributed)
+    if world > 1:
+        return _write_sharded(teacher, inputs, path, len(source), num_classes, chunk_rows, kwargs, batch_size,
+                              device, progress, rank, world)
     writer = TeacherStore.create(path, len(source), num_classes, chunk_rows=chunk_rows, **kwargs)
     with writer:
         todo = [(v, writer.missing(v)) for v in range(views)]
@@ -82,6 +89,42 @@ def write_teacher_logits(teacher: torch.nn.Module, dataset, path, *, views: int 
                 bar.update(len(batch))
         bar.close()
     return TeacherStore.open(path, expect_fingerprint=fp)
+
+
+def _write_sharded(teacher, inputs, path, num_samples, num_classes, chunk_rows, kwargs, batch_size, device,
+                   progress, rank, world) -> TeacherStore:
+    """Every rank computes every ``world``-th batch of the missing rows; rank 0 gathers them and is the
+    one writer (so a resume after a kill works as in one process). Collective: all ranks call it."""
+    import contextlib
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ConfigError(f"writing teacher logits from {world} ranks needs an initialised process group "
+                          "(launch with torchrun and call torch.distributed.init_process_group first)")
+    writer = TeacherStore.create(path, num_samples, num_classes, chunk_rows=chunk_rows, **kwargs) if rank == 0 else None
+    todo = [[(v, writer.missing(v)) for v in range(kwargs["views"])] if rank == 0 else None]
+    dist.broadcast_object_list(todo, src=0)
+    augment = kwargs["augment"]
+    with writer if writer is not None else contextlib.nullcontext():
+        bar = _bar(sum(len(ids) for _, ids in todo[0]), progress and rank == 0,
+                   resumed=writer is not None and writer.resumed, name=kwargs["dataset_name"])
+        for view, ids in todo[0]:
+            slices = [ids[s:s + batch_size] for s in range(0, len(ids), batch_size)]
+            mine = slices[rank::world]
+            batches = inputs.batches(np.concatenate(mine) if mine else ids[:0], batch_size, augment, view)
+            for _ in range(-(-len(slices) // world)):
+                item = next(batches, None)
+                out = None if item is None else (item[0], teacher(item[1].to(device)).float().cpu())
+                got = [None] * world if rank == 0 else None
+                dist.gather_object(out, got, dst=0)
+                for part in got or ():
+                    if part is not None:
+                        writer.write(part[0], part[1], view=view)
+                        bar.update(len(part[0]))
+        bar.close()
+    dist.barrier()  # rank 0 has published the store
+    return TeacherStore.open(path, expect_fingerprint=kwargs["dataset_fingerprint"])
 
 
 class _Inputs:

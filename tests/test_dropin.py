@@ -279,3 +279,33 @@ def test_docstring_examples_run(module, tmp_path, monkeypatch):
     for t in tests:
         runner.run(t)
     assert tests and runner.failures == 0
+
+
+def _sharded_writer(rank, world, init, path, result):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        data, teacher = _data(), _Counting(_net())
+        store = kdprune.write_teacher_logits(teacher, data, path, batch_size=10, num_classes=C, dtype="float32",
+                                             progress=False)
+        torch.save({"seen": teacher.seen, "logits": store.gather(torch.arange(N))}, f"{result}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_teacher_logits_shared_by_ranks(tmp_path):
+    """Under a process group each rank computes its share of the batches and every rank gets the store."""
+    import torch.multiprocessing as mp
+
+    path, result = str(tmp_path / "s"), str(tmp_path / "r")
+    # forked (one thread each), not spawned: no second import of torch in each process
+    mp.start_processes(_sharded_writer, args=(2, f"file://{tmp_path / 'init'}", path, result), nprocs=2,
+                       start_method="fork")
+    got = [torch.load(f"{result}.{r}", weights_only=True) for r in range(2)]
+    assert got[0]["seen"] == 50 and got[1]["seen"] == 46  # 10 batches of 10 (the last 6), dealt alternately
+    with torch.no_grad():
+        want = _net()(_data().tensors[0])
+    for g in got:
+        torch.testing.assert_close(g["logits"], want)

@@ -31,6 +31,7 @@ def run(args):
     from kdprune.provenance import check_model
     from kdprune.logits import write_teacher_logits
     from kdprune.store.fill import checkpoint_description
+    from kdprune.train.distributed import is_main, setup
 
     if args.views < 1:
         raise ConfigError(f"--views must be >= 1, got {args.views}")
@@ -39,9 +40,11 @@ def run(args):
         check_model(args.teacher, dataset)  # a teacher's logits on its own training set, or an error
     model = load_model(args.teacher)
     augment = Augment(seed=args.augment_seed) if (args.views > 1 or args.augment) else None
+    device = setup(args.device)  # under torchrun the ranks share the batches; rank 0 writes the store
     store = write_teacher_logits(model, dataset, args.out, views=args.views, augment=augment,
                                  batch_size=args.batch_size, dtype=args.dtype, topk=args.topk,
-                                 device=args.device, description=checkpoint_description(args.teacher),
+                                 device=device, description=checkpoint_description(args.teacher),
                                  progress=not args.no_progress)
-    print(f"{store}: dataset {dataset.name} ({dataset.fingerprint})")
+    if is_main():
+        print(f"{store}: dataset {dataset.name} ({dataset.fingerprint})")
     return 0
