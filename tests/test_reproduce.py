@@ -347,3 +347,13 @@ def test_sweep_fits_a_rule_per_family_in_the_run_directory(sweep):
     md = open(os.path.join(out, "results.md")).read()
     assert "## Alpha sweep" in md and "Family hard (swept on el2n)" in md
     assert open(os.path.join(out, "alpha.png"), "rb").read(8) == PNG_MAGIC
+
+
+def test_cli_estimate_measures_this_machine_and_runs_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "--preset", "tiny", "--estimate", "--jobs", "2"]) == 0
+    printed = capsys.readouterr().out
+    runs = sum(1 for i in work(PRESETS["tiny"], 200, 33) if i["what"] == "student")
+    assert "KD from a store" in printed and "with --jobs 2" in printed
+    assert f"preset tiny: {runs} student runs" in printed
+    assert not os.path.exists(tmp_path / "runs")  # nothing was trained into a run directory

@@ -48,8 +48,8 @@ def _print_estimate(args) -> int:
     rates = measure_rates(p, train, test, threads=threads)
     est = estimate(p, rates, len(train), len(test), jobs=args.jobs)
     per = ", ".join(f"width {w}: {1e6 * s:.0f} us" for w, s in rates["train"].items())
-    print(f"[reproduce] measured at {threads} torch thread(s): training {per} per sample; GraNd "
-          f"{1e3 * rates['grand']:.1f} ms per sample")
+    print(f"[reproduce] measured at {threads} torch thread(s): training {per} per sample; KD from a store "
+          f"+{1e6 * rates['kd']:.0f} us per sample; GraNd {1e3 * rates['grand']:.1f} ms per sample")
     for kind, s in est["seconds"].items():
         if kind != "runs":
             print(f"[reproduce]   {kind}: {s / 60:.1f} job-min")

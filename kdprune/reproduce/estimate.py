@@ -1,10 +1,11 @@
 """What a preset costs before it runs: its work counted in samples, timed with rates measured here.
 
 Work: every teacher (training on all samples, one forward pass to write its logits), every score
-(training runs, GraNd's per-sample gradients), every student run (kept samples x epochs of training, an
-online teacher's forward pass on each of them, and one test-set evaluation per evaluated epoch). Rates:
-seconds per sample of training and of a forward pass at each model width, and of one per-sample
-gradient, measured by short runs on this machine at ``threads`` torch threads (the threads each of the
+(training runs, GraNd's per-sample gradients), every student run (kept samples x epochs of training,
+the distillation's extra cost on each of them: a gather from the store and the KD loss, or an online
+teacher's forward pass, and one test-set evaluation per evaluated epoch). Rates: seconds per sample of
+training without and with KD from a store and of a forward pass at each model width, and of one
+per-sample gradient, measured by short runs on this machine at ``threads`` torch threads (the threads each of the
 ``jobs`` workers gets). The estimate is the work divided among the jobs; scheduling gaps, process start
 and the alpha sweep's barrier (the other studies wait for its fit) come on top.
 """
@@ -42,13 +43,28 @@ def work(p: grid.Preset, n_train: int, n_test: int) -> list[dict]:
         kept = round(c.fraction * n_train)
         evals = c.epochs if c.curve else 1
         items.append({"what": "student", "width": p.student.width, "train": kept * c.epochs,
-                      "forward": evals * n_test, "teacher_forward": kept * c.epochs if c.online else 0,
-                      "teacher_width": p.main_teacher.width})
+                      "kd": kept * c.epochs if c.kd and not c.online else 0, "forward": evals * n_test,
+                      "teacher_forward": kept * c.epochs if c.online else 0, "teacher_width": p.main_teacher.width})
     return items
 
 
+def _random_store(path: str, train):
+    """A store of random logits for ``train``: what a KD step reads costs the same whatever the values."""
+    from kdprune.store import TeacherStore
+
+    rng = np.random.default_rng(0)
+    with TeacherStore.create(path, len(train), train.num_classes, dataset_fingerprint=train.fingerprint) as w:
+        for start in range(0, len(train), 8192):
+            ids = np.arange(start, min(start + 8192, len(train)))
+            w.write(ids, rng.standard_normal((len(ids), train.num_classes)).astype(np.float32))
+    return TeacherStore.open(path)
+
+
 def measure_rates(p: grid.Preset, train, test, threads: int = 1, device: str = "cpu") -> dict:
-    """Seconds per sample: training and forward at each width of ``p``, and GraNd's per-sample gradient."""
+    """Seconds per sample: training and forward at each width of ``p``, the extra of KD from a store at
+    the student's width, and GraNd's per-sample gradient."""
+    import tempfile
+
     import torch
 
     from kdprune.models import build_model
@@ -69,6 +85,11 @@ def measure_rates(p: grid.Preset, train, test, threads: int = 1, device: str = "
             ev = m["history"][-1].get("eval_time_s", 0.0)
             rates["train"][w] = (m["history"][-1]["time_s"]) / n
             rates["forward"][w] = ev / max(1, len(test))
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = TrainConfig(model=p.student.model, width=p.student.width, epochs=1, batch_size=p.batch_size,
+                              lr=p.lr, augment=False, device=device, alpha=0.5)
+            _, m = train_run(cfg, train, test, ids, store=_random_store(tmp + "/logits", train), progress=False)
+            rates["kd"] = max(0.0, m["history"][-1]["time_s"] / n - rates["train"][p.student.width])
         torch.manual_seed(0)
         net = build_model(p.student.model, train.num_classes, train.image_shape[2], width=p.student.width)
         k = 256
@@ -88,6 +109,7 @@ def estimate(p: grid.Preset, rates: dict, n_train: int, n_test: int, jobs: int =
     by = {}
     for it in work(p, n_train, n_test):
         s = it.get("train", 0) * tr[it["width"]] + it.get("forward", 0) * fw[it["width"]]
+        s += it.get("kd", 0) * rates.get("kd", 0.0)
         s += it.get("teacher_forward", 0) * fw.get(it.get("teacher_width"), fw[it["width"]])
         s += it.get("grand", 0) * rates["grand"]
         kind = it["what"].split(" ")[0]
