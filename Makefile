@@ -35,7 +35,7 @@ system-deps:
 $(PY):
 	python3 -m venv $(VENV)
 
-$(STAMP): $(PY) pyproject.toml
+$(STAMP): $(PY) pyproject.toml setup.py
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PIP) install -q torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
 	$(PIP) install -q numpy tqdm ninja
@@ -48,8 +48,9 @@ build: $(STAMP)
 	sys.exit(0 if so and all(os.path.getmtime(so[0]) >= os.path.getmtime(s) for s in srcs) else 1)" \
 	|| $(PY) setup.py -q build_ext --inplace
 
+# Every benchmark, its rows appended under runs/bench (run a script directly to record into benchmarks/results/)
 bench: install
-	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+	for n in $$($(PY) -m kdprune bench list); do $(PY) -m kdprune bench $$n --out runs/bench || exit 1; done
 
 reproduce: install
 	$(PY) -m kdprune reproduce --preset full --jobs 2 --write-alpha-fit --copy-to docs/results/full

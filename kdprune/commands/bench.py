@@ -2,8 +2,8 @@
 
 The scripts are ``benchmarks/bench_NAME.py`` of the source tree, installed with the package as the
 subpackage ``kdprune.benchmarks`` (as ``kernels/`` is installed as ``kdprune.kernels``), so the command
-works from a wheel as well as from a checkout; run uninstalled from a checkout's root, the top-level
-``benchmarks`` package is used. Results go to ``--out`` (default ``runs/bench``), never into the
+works from a wheel as well as from a checkout; from a checkout's root whose install predates the
+subpackage, the checkout's ``benchmarks/`` is used. Results go to ``--out`` (default ``runs/bench``), never into the
 repository: the committed ``benchmarks/results/*.csv`` are written only by running a script directly
 (``python benchmarks/bench_NAME.py``), on purpose.
 """
@@ -32,14 +32,17 @@ def bench_dir() -> str:
     """The folder holding the installed benchmark scripts; a ConfigError says how to get them."""
     from kdprune.errors import ConfigError
 
+    folders = []
     for package in ("kdprune.benchmarks", "benchmarks"):
         try:
             spec = importlib.util.find_spec(package)
         except ModuleNotFoundError:
             spec = None
-        for folder in (spec.submodule_search_locations or []) if spec else []:
-            if os.path.isfile(os.path.join(folder, "harness.py")):
-                return folder
+        folders += list(spec.submodule_search_locations or []) if spec else []
+    folders.append(os.path.join(os.getcwd(), "benchmarks"))  # a checkout's root, kdprune not reinstalled
+    for folder in folders:
+        if os.path.isfile(os.path.join(folder, "harness.py")):
+            return folder
     raise ConfigError("the benchmark scripts are not installed with this kdprune: install kdprune from a "
                       "source checkout (pip install .), or run `python benchmarks/bench_NAME.py` there")
 
