@@ -40,7 +40,10 @@ On the lent GPU machine (no network; the wheels are carried, results come back u
 
     run(command='make gpu-check GPU_CHECK_ARGS="--out $OUT/gpu_check.json"', carry=[".wheels"], timeout_s=560)
 
-(without make: ``python3 benchmarks/gpu_check.py --out $OUT/gpu_check.json``).
+or, where the machine might lack make, the same check without it:
+
+    run(command='if command -v make >/dev/null; then make gpu-check GPU_CHECK_ARGS="--out $OUT/gpu_check.json"; '
+                'else python3 benchmarks/gpu_check.py --out $OUT/gpu_check.json; fi', carry=[".wheels"], timeout_s=560)
 """
 from __future__ import annotations
 
@@ -247,6 +250,7 @@ def stage_train_step(args) -> tuple[int, dict]:
             out[kind] = {"error": f"{type(err).__name__}: {err}"}
             rc = 1
         print(f"{kind} teacher: {out[kind]}", flush=True)
+        write_json(args.result, out)  # kept if the stage runs out of time during the next one
     return rc, out
 
 
