@@ -31,6 +31,9 @@ def test_pipeline_end_to_end_and_resume(tmp_path, capsys):
     assert main(["pipeline", "--name", "t", "--runs-dir", runs, "--fraction", "0.5", *TINY]) == 0
     assert os.path.getmtime(os.path.join(out, "teacher", "model.pt")) == stamp
     assert "done already" in capsys.readouterr().out
+    again = json.load(open(os.path.join(out, "metrics.json")))  # the report keeps the time the steps took
+    assert again["pipeline_wall_time_s"] == summary["pipeline_wall_time_s"] > 0
+    assert f"Whole pipeline: {summary['pipeline_wall_time_s']:.0f} s" in open(os.path.join(out, "report.md")).read()
 
 
 @pytest.mark.parametrize("fraction", ["0", "-0.1", "1.5", "nan"])
