@@ -8,7 +8,7 @@ def register(sub):
                        description="Compute a pruning score for every training sample and write "
                                    "STEM.npy (float32[N], higher = harder) and STEM.json (provenance).")
     add_data_args(p)
-    p.add_argument("--method", required=True, choices=SCORE_METHODS.names(), metavar="METHOD",
+    p.add_argument("--method", required=True, type=str.lower, choices=SCORE_METHODS.names(), metavar="METHOD",
                    help="the score: " + "; ".join(f"{e.name} ({e.help})" for e in SCORE_METHODS))
     p.add_argument("--out", required=True, metavar="STEM", help="output path without extension")
     p.add_argument("--epochs", type=int, default=None,
