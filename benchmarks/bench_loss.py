@@ -388,7 +388,7 @@ def main(argv=None) -> int:
     if any("GB/s over min bytes" in r for r in rows):
         cols += ["speedup vs Liger", "GB/s over min bytes", "fraction of peak", "fwd ms", "fwd fraction of peak"]
     if rows:
-        report("bench_loss", rows, cols, out=args.out, **config)
+        report("loss", rows, cols, out=args.out, **config)
     wrong = sorted({r["dtype"] for r in rows if str(r.get("oracle", "ok")) != "ok"})
     if wrong:
         print(f"kd_loss disagrees with the float64 oracle in {', '.join(wrong)} (see the rows' oracle field)")
