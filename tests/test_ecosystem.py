@@ -29,6 +29,16 @@ def image_folder(tmp_path_factory):
     return str(root)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread here: these convolutions are tiny, and on a shared two-core machine spinning
+    OpenMP threads made them several times slower. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _folder(root):
     # kdprune's models take inputs in [-1, 1]
     to_input = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
