@@ -20,10 +20,10 @@ write dS) and its fraction of the device's peak (from ``PEAK_BANDWIDTH`` by devi
   python benchmarks/bench_loss.py --skip-cpu --json rows.json --out runs/bench   # GPU only
 
 Rows go through the shared harness, appended to ``loss.csv`` in the results directory (see
-harness.py; ``--out`` picks the directory); ``--json PATH`` also writes every row as JSON after each configuration, so a run cut short
-keeps what it measured. On the CPU the implementations are timed in interleaved rounds and speedups
-are the median of the per-round ratios, so that load from other processes on a shared machine falls
-on all of them alike.
+harness.py; ``--out`` picks the directory); ``--json PATH`` also writes every row as JSON after each
+configuration, so a run cut short keeps what it measured. On the CPU the implementations are timed in
+interleaved rounds and speedups are the median of the per-round ratios, so that load from other
+processes on a shared machine falls on all of them alike.
 """
 from __future__ import annotations
 
