@@ -153,6 +153,12 @@ def dataset_labels(dataset) -> np.ndarray | None:
     Read from ``.targets`` (torchvision), ``.labels`` (kdprune, some torchvision sets), a ``label``
     column (Hugging Face datasets), a ``TensorDataset``'s second tensor, or through a ``Subset``, a
     ``ConcatDataset`` or :func:`with_ids`.
+
+    >>> import torch
+    >>> from kdprune.dropin import dataset_labels
+    >>> data = torch.utils.data.TensorDataset(torch.zeros(4, 2), torch.tensor([2, 0, 1, 2]))
+    >>> dataset_labels(torch.utils.data.Subset(data, [3, 1]))
+    array([2, 0])
     """
     if isinstance(dataset, WithIds):
         return dataset_labels(dataset.dataset)
@@ -269,7 +275,14 @@ class _Batches:
 def as_batches(loader, device="cpu", *, need_ids: bool = True):
     """``loader`` as the trainer reads it: a kdprune loader as it is; a ``DataLoader`` (or any iterable
     with ``len()``) of ``(x, y, ids)`` tuples -- or ``(x, y)`` when ``need_ids`` is False, as for
-    evaluation -- as :class:`~kdprune.loaders.Batch` items moved to ``device``."""
+    evaluation -- as :class:`~kdprune.loaders.Batch` items moved to ``device``.
+
+    >>> import torch
+    >>> from kdprune.dropin import as_batches
+    >>> data = torch.utils.data.TensorDataset(torch.zeros(4, 2), torch.tensor([0, 1, 0, 1]))
+    >>> next(iter(as_batches(torch.utils.data.DataLoader(data, batch_size=4), need_ids=False))).y
+    tensor([0, 1, 0, 1])
+    """
     if hasattr(loader, "set_epoch") and not isinstance(loader, torch.utils.data.DataLoader):
         return loader
     if not hasattr(loader, "__len__"):

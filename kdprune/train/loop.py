@@ -57,8 +57,15 @@ def autocast(device: torch.device, amp: str):
 @torch.no_grad()
 def evaluate(model, loader, device="cpu", *, amp: str = "none", channels_last: bool = False,
              reduce: bool = True) -> dict:
-    """Top-1 accuracy and mean cross-entropy of ``model`` over ``loader``; under DDP (``reduce``)
-    each rank passes its own shard and the sums are added over ranks."""
+    """Top-1 accuracy and mean cross-entropy of ``model`` over ``loader`` (a DataLoader of ``(x, y)``
+    or a kdprune loader); under DDP (``reduce``) each rank passes its own shard and the sums are added
+    over ranks.
+
+    >>> import torch, kdprune
+    >>> data = torch.utils.data.TensorDataset(torch.eye(4), torch.arange(4))
+    >>> kdprune.evaluate(torch.nn.Linear(4, 4), torch.utils.data.DataLoader(data, batch_size=2))["samples"]
+    4
+    """
     from kdprune.dropin import as_batches
 
     device = torch.device(device)
