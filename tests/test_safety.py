@@ -318,3 +318,14 @@ def test_paths_version_and_help(tmp_path):
             assert action.help, f"kdprune {name} {action.option_strings} has no help text"
     args = parser.parse_args(["train", "--out", "x", "--optimizer", "AdamW", "--dataset", "Synthetic"])
     assert args.optimizer == "adamw" and args.dataset == "synthetic"  # names are case-insensitive
+
+
+def test_prune_with_scores_of_another_dataset_names_both(tmp_path):
+    from kdprune.scores import save_scores
+
+    other, _ = dataset(120)
+    save_scores(str(tmp_path / "sc"), np.zeros(120, np.float32),
+                {"method": "el2n", "dataset": other.name, "dataset_fingerprint": other.fingerprint})
+    rc, _, err = kdprune("prune", *DATA, "--scores", tmp_path / "sc", "--fraction", "0.5", "--out", tmp_path / "k")
+    assert rc == 2 and "synthetic-120x10" in err and f"synthetic-{N}x10" in err and "kdprune score" in err
+    assert not (tmp_path / "k.npy").exists()

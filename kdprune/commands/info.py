@@ -5,7 +5,7 @@ def register(sub):
     p = sub.add_parser("info", help="summarise a teacher store and verify its checksums",
                        description="Print a teacher store's header summary and verify every chunk "
                                    "checksum. Exit 0 when the store is intact, 2 when it is not.")
-    p.add_argument("store", help="teacher store directory")
+    p.add_argument("store", help="teacher store directory (made by `kdprune logits`)")
     p.add_argument("--no-verify", action="store_true", help="only the cheap checks (header, file sizes)")
     p.set_defaults(func=run)
 
@@ -26,7 +26,7 @@ def run(args):
     print(f"  views         {lay.views}")
     print(f"  dtype         {lay.dtype}, {layout}")
     print(f"  chunks        {lay.num_chunks} per view of {lay.chunk_rows} samples (crc32)")
-    print(f"  dataset       {meta.get('dataset_fingerprint')}")
+    print(f"  dataset       {meta.get('dataset') or '(unnamed)'}, fingerprint {meta.get('dataset_fingerprint')}")
     print(f"  teacher       {json.dumps(meta.get('teacher'))}")
     print(f"  augment       {json.dumps(meta.get('augment'))}")
     if args.no_verify:

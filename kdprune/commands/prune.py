@@ -39,6 +39,11 @@ def run(args):
     scores, method = None, "random"
     if args.scores:
         from kdprune.scores import load_scores
+        from kdprune.provenance import require_same
+        scores = load_scores(args.scores)
+        require_same(scores.meta, ds, what=f"the score file {args.scores}",
+                     fix=f"compute the scores on this dataset with `kdprune score --method {scores.meta.get('method', '...')} "
+                         "--dataset ...`, or prune the scores' dataset")
         scores = load_scores(args.scores, expect_fingerprint=ds.fingerprint, expect_num_samples=len(ds))
         method = f"{scores.meta.get('method', 'scores')}-{mode}"
     index = prune(scores, fraction, mode=mode, labels=ds.labels, class_balanced=args.class_balanced,
