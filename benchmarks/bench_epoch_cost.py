@@ -1,7 +1,7 @@
 """Where an epoch's time goes: a fixed cost per epoch and a cost per batch, for each loader backend.
 
-The fraction target of issue 6 (epoch time at fraction f within 1.15 x f of the full epoch's) is a
-statement about the fixed cost: with K full-epoch batches of cost c and a fixed cost a per epoch, the
+A target on epoch time at fraction f (within 1.15 x f of the full epoch's) is a statement about the
+fixed cost: with K full-epoch batches of cost c and a fixed cost a per epoch, the
 f = 0.1 epoch takes (a + 0.1 K c) / (a + K c) of the full one. ``bench_loaders.py`` measures that
 ratio directly, and on a shared 2-core box it moves with the noise; this script measures a and c.
 
@@ -24,10 +24,10 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # its siblings, in a checkout or installed
 
-from benchmarks.bench_loaders import prepare, time_fractions  # noqa: E402
-from benchmarks.harness import report  # noqa: E402
+from bench_loaders import prepare, time_fractions  # noqa: E402
+from harness import report  # noqa: E402
 from kdprune.data import Augment  # noqa: E402
 from kdprune.loaders import build  # noqa: E402
 
@@ -45,7 +45,7 @@ def main():
     p.add_argument("--jpeg-size", type=int, default=256)
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--work", default="/tmp/kdprune-bench-loaders", help="shared with bench_loaders.py")
-    p.add_argument("--tag", default="", help="results go to benchmarks/results/epoch_cost[-TAG].json")
+    p.add_argument("--tag", default="", help="a label for this run, kept in its rows' config")
     args = p.parse_args()
     torch.set_num_threads(args.torch_threads)
     sources, paths = prepare(args)
@@ -70,8 +70,8 @@ def main():
                          "epoch_ms": {k: total[k] * 1e3 for k in counts}})
             print(rows[-1], flush=True)
             del loaders
-    report("epoch_cost" + (f"-{args.tag}" if args.tag else ""), rows, ["dataset", "backend", "fixed_ms", "per_batch_ms", "first_batch_ms", "predicted_f0.1"],
-           config=vars(args))
+    report("epoch_cost", rows, ["dataset", "backend", "fixed_ms", "per_batch_ms", "first_batch_ms", "predicted_f0.1"],
+           **vars(args))
 
 
 if __name__ == "__main__":
