@@ -38,7 +38,7 @@ def teacher_scores(store, labels, kind: str = "el2n", *, views=None, chunk: int 
     """``kind`` scores of a :class:`~kdprune.TeacherStore` (or a path to one) against ``labels``,
     float32[N], averaged over ``views`` (default: every view the store holds). Reads the store in
     chunks of ``chunk`` samples, so memory stays O(chunk * C)."""
-    if isinstance(store, str):
+    if not hasattr(store, "gather"):  # a path: str or os.PathLike
         from kdprune.store import TeacherStore
         store = TeacherStore.open(store)
     labels = np.asarray(labels, np.int64)
