@@ -46,8 +46,10 @@ def main(argv=None) -> int:
         print(f"kdprune {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
-        lead = "\n" if sys.stderr.isatty() else ""  # end the progress bar's line first
-        print(lead + interrupted_line(args, argv, getattr(err, "saved", None)), file=sys.stderr, flush=True)
+        import os
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, from rank 0
+            lead = "\n" if sys.stderr.isatty() else ""  # end the progress bar's line first
+            print(lead + interrupted_line(args, argv, getattr(err, "saved", None)), file=sys.stderr, flush=True)
         return 130
     return int(result or 0)
 
