@@ -602,7 +602,10 @@ def main(argv=None) -> int:
     sys.path.insert(0, HERE)
     command = "python3 benchmarks/gpu_check.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     liger = unpack_wheels(args.wheels, args.work)
-    make_importable(args.work)
+    try:
+        make_importable(args.work)
+    except Exception as err:  # the stages (or, without CUDA, the import check) report it in full
+        print(f"[gpu-check] kdprune does not import here: {type(err).__name__}: {err}", flush=True)
     import torch
 
     cuda = torch.cuda.is_available()
@@ -613,7 +616,11 @@ def main(argv=None) -> int:
         doc = assemble(cuda=False, device=None, vers=versions(), liger=liger, stages={}, command=command,
                        imports=imports)
     else:
-        device = device_info(args.peak_tbs)
+        try:
+            device = device_info(args.peak_tbs)
+        except Exception as err:  # e.g. the kernels fail to import: still run (and record) every stage
+            device = {"name": torch.cuda.get_device_name(0), "capability": "?", "memory_gib": None, "cuda": torch.version.cuda,
+                      "peak_bandwidth_bytes_s": None, "peak_source": "unknown", "error": f"{type(err).__name__}: {err}"}
         print(f"[gpu-check] {device['name']} (sm {device['capability']}, {device['memory_gib']} GiB), "
               f"peak {fmt((device['peak_bandwidth_bytes_s'] or 0) / 1e12)} TB/s ({device['peak_source']})", flush=True)
         vers = versions()

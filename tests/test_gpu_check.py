@@ -194,6 +194,31 @@ def test_stages_share_the_budget_and_a_failure_does_not_stop_the_rest(monkeypatc
     assert seen[0][1] <= budget - sum(limits[n] for n in gpu_check.STAGES[1:])
 
 
+def test_the_cuda_path_writes_the_json_after_every_stage_and_fails_when_a_stage_fails(monkeypatch, tmp_path, capsys):
+    import torch
+
+    fake = fake_document()
+    out = tmp_path / "gc" / "gpu_check.json"
+    written = []
+
+    def fake_run_stage(name, args, timeout, env):
+        if out.exists():
+            written.append(sorted(json.loads(out.read_text())["stages"]))
+        return fake["stages"][name]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu_check, "device_info", lambda peak: fake["device"])
+    monkeypatch.setattr(gpu_check, "run_stage", fake_run_stage)
+    rc = gpu_check.main(["--out", str(out), "--work", str(tmp_path / "w"), "--wheels", str(tmp_path / "none")])
+    assert rc == 1  # train_step timed out
+    assert written == [["build"], ["build", "triton_tests"], ["bench_loss", "build", "triton_tests"]]
+    doc = json.loads(out.read_text())
+    assert gpu_check.schema_problems(doc) == [] and doc["cuda"] is True and doc["device"]["name"] == "NVIDIA H200"
+    assert doc["liger"]["status"] == "no wheel"
+    text = (out.parent / "summary.md").read_text()
+    assert text in capsys.readouterr().out and "| 32000 | bfloat16 |" in text
+
+
 def test_pytest_tally_counts_as_tests_finish_and_runs_the_graph_tests_first(tmp_path):
     from types import SimpleNamespace as R
 
