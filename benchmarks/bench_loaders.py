@@ -1,24 +1,30 @@
-"""Does "f of the samples" become "f of the epoch time"? Epoch time and samples/s of each loader
-backend (torch, FFCV, DALI) at keep fractions 1.0, 0.5, 0.3, 0.1, on (a) Fashion-MNIST (60k 28x28,
-in memory for torch, a .beton for FFCV, images.npy for DALI; shuffled, no crop unless
-``--fmnist-crop``) and (b) a synthetic folder of JPEGs (``--jpeg-samples`` images of ``--jpeg-size``
-px, training with the replayed random-resized-crop to ``--crop``), ``--workers`` workers (DataLoader
-processes, FFCV or DALI threads) each.
+"""Loader throughput on an ImageNet-like workload the script makes itself, and what a pruned epoch costs.
 
-Targets (from issue 6): epoch time at fraction f <= 1.15 x f x the full epoch's, on every backend;
-FFCV >= 2x the torch DataLoader's samples/s on the JPEG folder with the same worker count. Every
-backend replays the store's crop: torch and DALI with ``Augment.apply`` (bilinear grid_sample, in the
-DataLoader's workers for torch, in the main process for DALI), FFCV with the same sampling compiled
-into its decode threads (``loaders/crop_kernel.py``).
+Workload: ``--samples`` JPEGs (default 20,000; quality 90) whose heights and widths are drawn from
+``--sizes`` (200-500 px), in ``--classes`` (1000) class folders; training batches of ``--batch-size``
+224 px random-resized crops with flips (``--crop``), ``--workers`` (2) workers for every loader.
 
-Each (backend, fraction) builds a loader over a random subset and runs a few warm-up batches (FFCV
-compiles its pipeline, DataLoader workers start); then all the loaders of a dataset (every backend at
-every fraction) take turns for ``--epochs`` rounds of one full epoch each, and each reports its median
-epoch. The epoch time at fraction f against the full epoch's is the median over rounds of that
-round's ratio, so that both epochs of a ratio ran within seconds of each other.
+Loaders, all reading the same images:
 
-    python benchmarks/bench_loaders.py                      # 20k JPEGs at 256 px: long on 2 cores
-    python benchmarks/bench_loaders.py --jpeg-samples 4000  # what fits a shared dev box
+- ``torch``: kdprune's torch backend, a DataLoader with ``--workers`` processes over the JPEG folder
+  (PIL decode, the replayed crop by grid_sample in the workers);
+- ``ffcv-stock``: FFCV's own ``Loader`` with ``RandomResizedCropRGBImageDecoder`` on the same
+  ``.beton`` (random order, ``--workers`` threads, output float NCHW as ours): the anchor;
+- ``ffcv``: kdprune's FFCV backend on that ``.beton`` (the replayed crop of (seed, view, id));
+- ``dali``: kdprune's DALI backend on the file list of the original JPEGs.
+
+Part 1 (``throughput``): samples/s of each loader over ``--measure`` batches after ``--warmup``
+batches, the loaders taking turns for ``--rounds`` rounds (median). Part 2 (``fraction``): the epoch
+time at f = 0.5 / 0.3 / 0.1 against the full epoch for the kdprune backends in ``--fraction-backends``:
+loaders over random subsets take turns, one epoch each per round; the ratio is the median over rounds
+of that round's t(f) / t(1), so both epochs of a ratio ran close together on a shared machine.
+
+Targets: kdprune-FFCV >= 0.95 x FFCV stock and >= 2 x the torch DataLoader with the same workers;
+epoch time at f <= 1.1 f x the full epoch's. Rows go to ``benchmarks/results/loaders.csv`` (one row
+per loader and per (loader, fraction), tagged with machine, versions, date and commit).
+
+    python benchmarks/bench_loaders.py                             # the full workload (long on 2 cores)
+    python benchmarks/bench_loaders.py --samples 4000 --classes 100 --rounds 1   # a quick look
 """
 from __future__ import annotations
 
@@ -31,142 +37,169 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import record, table  # noqa: E402
 
-from benchmarks.harness import report  # noqa: E402
-from kdprune.data import Augment, load_fashion_mnist  # noqa: E402
+import kdprune  # noqa: E402
+from kdprune.data import Augment  # noqa: E402
 from kdprune.data.folder import FolderDataset, write_jpeg_folder  # noqa: E402
+from kdprune.errors import DataError  # noqa: E402
 from kdprune.loaders import build  # noqa: E402
+from kdprune.loaders.converted import read_manifest  # noqa: E402
 
 FRACTIONS = (1.0, 0.5, 0.3, 0.1)
 
 
-def prepare(args):
-    """The two sources and their FFCV / DALI conversions (made once, reused while fresh)."""
-    from kdprune.loaders.converted import read_manifest
-    from kdprune.loaders.dali_backend import write_dali
-    from kdprune.loaders.ffcv_backend import write_beton
-    from kdprune.errors import DataError
-
+def prepare(args) -> tuple[FolderDataset, dict]:
+    """The JPEG folder and its FFCV and DALI conversions, each made once and reused while fresh."""
     os.makedirs(args.work, exist_ok=True)
-    sources = {"fashion-mnist": load_fashion_mnist("train")}
-    folder = os.path.join(args.work, f"jpeg{args.jpeg_samples}x{args.jpeg_size}")
-    if not os.path.isdir(folder):
+    stem = f"jpeg{args.samples}-c{args.classes}-{args.sizes[0]}to{args.sizes[1]}"
+    root = os.path.join(args.work, stem)
+    if not os.path.isdir(root):
         t = time.perf_counter()
-        write_jpeg_folder(folder, args.jpeg_samples, num_classes=10, size=args.jpeg_size, seed=0)
-        print(f"wrote {args.jpeg_samples} JPEGs in {time.perf_counter() - t:.1f}s", flush=True)
-    sources["jpeg-folder"] = FolderDataset(folder)
+        write_jpeg_folder(root + ".tmp", args.samples, num_classes=args.classes, size=tuple(args.sizes), seed=0)
+        os.replace(root + ".tmp", root)
+        print(f"wrote {args.samples} JPEGs in {time.perf_counter() - t:.0f} s", flush=True)
+    folder = FolderDataset(root)
     paths = {}
-    for name, source in sources.items():
-        for fmt, ext, write in (("ffcv", ".beton", lambda s, p: write_beton(s, p, workers=args.workers)),
-                                ("dali", "_dali", write_dali)):
-            path = os.path.join(args.work, f"{name}-{len(source)}{ext}")
+    for fmt, path in (("ffcv", root + ".beton"), ("dali", root + "_dali")):
+        if fmt in args.needs:
             try:
-                read_manifest(path, fmt, source)
+                read_manifest(path, fmt, folder)
             except DataError:
                 t = time.perf_counter()
-                write(source, path)
-                print(f"converted {name} for {fmt} in {time.perf_counter() - t:.1f}s", flush=True)
-            paths[name, fmt] = path
-    return sources, paths
+                kdprune.convert(folder, fmt, path, workers=args.workers)
+                print(f"converted for {fmt} in {time.perf_counter() - t:.0f} s", flush=True)
+            paths[fmt] = path
+    return folder, paths
 
 
-def time_fractions(loaders: dict, rounds: int, warmup_batches: int = 3, pause: float = 0.0) -> tuple[dict, dict]:
-    """Seconds of each round's epoch, and of its first batch, for each loader. The loaders take
-    turns, one epoch each per round, so a change in the machine's load hits every loader alike
-    rather than one. ``pause``: seconds idle before each timed epoch (an epoch that starts on an idle
-    machine, as after an evaluation pass or a checkpoint's write)."""
-    for loader in loaders.values():  # FFCV compiles, DataLoader workers start, DALI builds
-        loader.set_epoch(0)
-        for i, _ in enumerate(loader):
-            if i + 1 >= warmup_batches:
-                break
-    times, first = {f: [] for f in loaders}, {f: [] for f in loaders}
-    for r in range(1, rounds + 1):
-        for f, loader in loaders.items():
-            loader.set_epoch(r)
-            if pause:
-                time.sleep(pause)
-            t = time.perf_counter()
-            batches = iter(loader)
-            n = len(next(batches).ids)
-            first[f].append(time.perf_counter() - t)
-            n += sum(len(b.ids) for b in batches)
-            times[f].append(time.perf_counter() - t)
-            assert n == len(loader.order())
-    return times, first
+class StockFFCV:
+    """FFCV's own loader with its stock random-resized-crop decoder: the anchor."""
+
+    def __init__(self, path: str, args, indices=None):
+        from ffcv.fields.decoders import IntDecoder, RandomResizedCropRGBImageDecoder
+        from ffcv.loader import Loader, OrderOption
+        from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
+
+        threads = torch.get_num_threads()
+        half = np.array([127.5, 127.5, 127.5])  # to [-1, 1], as kdprune's batches
+        image = [RandomResizedCropRGBImageDecoder((args.crop, args.crop), scale=(0.35, 1.0)), RandomHorizontalFlip(),
+                 NormalizeImage(half, half, np.float32), ToTensor(), ToTorchImage()]
+        self.loader = Loader(path, batch_size=args.batch_size, num_workers=args.workers, order=OrderOption.RANDOM,
+                             indices=indices, pipelines={"image": image, "label": [IntDecoder(), ToTensor(), Squeeze()]},
+                             os_cache=True, drop_last=False)
+        torch.set_num_threads(threads)  # FFCV sets torch's global thread count
+
+    def set_epoch(self, epoch):
+        pass  # FFCV's loader counts its own epochs
+
+    def __iter__(self):
+        for images, _ in self.loader:
+            yield images
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--jpeg-samples", type=int, default=20000)
-    p.add_argument("--jpeg-size", type=int, default=256)
-    p.add_argument("--crop", type=int, default=224)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--epochs", type=int, default=3, help="timed epochs per point (median)")
-    p.add_argument("--backends", default="torch,ffcv,dali")
-    p.add_argument("--datasets", default="fashion-mnist,jpeg-folder")
-    p.add_argument("--torch-threads", type=int, default=0,
-                   help="torch threads in the main process (0: leave torch's default); on a shared, "
-                        "oversubscribed box 2 OpenMP threads can make small element-wise ops 100x slower")
-    p.add_argument("--fmnist-crop", action="store_true", help="random-resized-crop Fashion-MNIST too")
-    p.add_argument("--pause-ms", type=float, default=0.0,
-                   help="idle this long before each timed epoch: on the dev VM an epoch that starts after "
-                        "30 ms idle runs slower, which short epochs (small fractions) feel most")
-    p.add_argument("--tag", default="", help="results go to benchmarks/results/loaders[-TAG].json")
-    p.add_argument("--work", default="/tmp/kdprune-bench-loaders", help="where the data and conversions go")
-    args = p.parse_args()
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
+def make_loader(kind: str, folder, paths: dict, ids, args):
+    if kind == "ffcv-stock":
+        return StockFFCV(paths["ffcv"], args, indices=None if ids is None else np.sort(ids))
+    augment = Augment(seed=0, out_size=(args.crop, args.crop))
+    extra = {} if kind == "torch" else {"path": paths[kind]}
+    return build(kind, folder, ids, batch_size=args.batch_size, train=True, seed=0, augment=augment,
+                 workers=args.workers, **extra)
 
-    sources, paths = prepare(args)
+
+def run_batches(loader, epoch: int, limit: int | None = None) -> tuple[int, float]:
+    """(samples, seconds) of ``limit`` batches (or the whole epoch) of ``loader``'s epoch ``epoch``."""
+    loader.set_epoch(epoch)
+    n, t0 = 0, time.perf_counter()
+    for k, batch in enumerate(loader):
+        x = batch if torch.is_tensor(batch) else batch.x
+        n += len(x)
+        if limit is not None and k + 1 == limit:
+            break
+    return n, time.perf_counter() - t0
+
+
+def throughput(folder, paths, args) -> list[dict]:
+    loaders = {kind: make_loader(kind, folder, paths, None, args) for kind in args.backends}
+    for loader in loaders.values():  # FFCV compiles, DataLoader workers start, DALI builds its pipeline
+        run_batches(loader, 0, args.warmup)
+    rates = {kind: [] for kind in loaders}
+    for r in range(args.rounds):
+        for kind, loader in loaders.items():
+            n, s = run_batches(loader, r + 1, args.warmup + args.measure)
+            rates[kind].append(n / s)
     rows = []
-    for name in args.datasets.split(","):
-        source = sources[name]
-        n = len(source)
-        # Fashion-MNIST measures the read path itself (a 28 px crop would only add the same resampling
-        # cost to every backend); the JPEG folder trains as ImageNet does, random-resized-crop to --crop
-        augment = None if name == "fashion-mnist" and not args.fmnist_crop else \
-            Augment(seed=0, out_size=(28, 28) if name == "fashion-mnist" else (args.crop, args.crop))
-        loaders = {}
-        for backend in args.backends.split(","):
-            for f in FRACTIONS:
-                ids = np.sort(np.random.default_rng(1).choice(n, int(round(f * n)), replace=False))
-                extra = {} if backend == "torch" else {"path": paths[name, backend]}
-                loaders[backend, f] = build(backend, source, ids, batch_size=args.batch_size,
-                                            train=True, seed=0, augment=augment, views=4,
-                                            workers=args.workers, **extra)
-        # every (backend, fraction) takes its turn in every round: load drift hits all rows alike, so
-        # both the fraction ratios and the backend ratios compare like with like
-        times, _ = time_fractions(loaders, args.epochs, pause=args.pause_ms / 1e3)
-        seconds = {key: statistics.median(t) for key, t in times.items()}
-        for (backend, f), loader in loaders.items():
-            # the median of each round's ratio: the box's speed drifts 2x within an hour, and a
-            # round (one epoch of every loader) is short enough for both epochs to see the same box
-            ratios = [t / full for t, full in zip(times[backend, f], times[backend, 1.0])]
-            ratio = statistics.median(ratios)
-            samples = len(loader.ids)
-            rows.append({"dataset": name, "backend": backend, "fraction": f, "samples": samples,
-                         "epoch_s": seconds[backend, f], "samples_per_s": samples / seconds[backend, f],
-                         "time_vs_full": ratio, "target": 1.15 * f, "met": "yes" if ratio <= 1.15 * f else "NO",
-                         # every round, for the spread behind the medians
-                         "rounds_epoch_s": times[backend, f], "rounds_time_vs_full": ratios})
-            print({k: v for k, v in rows[-1].items() if not k.startswith("rounds_")}, flush=True)
+    for kind, values in rates.items():
+        rows.append({"part": "throughput", "backend": kind, "samples_per_s": statistics.median(values),
+                     "rounds": json_list(values)})
+    base = {row["backend"]: row["samples_per_s"] for row in rows}
+    for row in rows:
+        row["vs_ffcv_stock"] = row["samples_per_s"] / base["ffcv-stock"] if "ffcv-stock" in base else None
+        row["vs_torch"] = row["samples_per_s"] / base["torch"] if "torch" in base else None
+    return rows
+
+
+def fractions(folder, paths, args) -> list[dict]:
+    rng = np.random.default_rng(1)
+    n = len(folder)
+    subsets = {f: np.sort(rng.choice(n, int(round(f * n)), replace=False)) for f in FRACTIONS}
+    rows = []
+    for kind in args.fraction_backends:
+        loaders = {f: make_loader(kind, folder, paths, ids, args) for f, ids in subsets.items()}
+        for loader in loaders.values():
+            run_batches(loader, 0, args.warmup)
+        times = {f: [] for f in FRACTIONS}
+        for r in range(args.rounds):
+            for f, loader in loaders.items():
+                times[f].append(run_batches(loader, r + 1)[1])
+        for f in FRACTIONS:
+            ratios = [t / full for t, full in zip(times[f], times[1.0])]
+            rows.append({"part": "fraction", "backend": kind, "fraction": f, "epoch_s": statistics.median(times[f]),
+                         "ratio": statistics.median(ratios), "ratio_over_f": statistics.median(ratios) / f,
+                         "rounds": json_list(times[f])})
         del loaders
-    summary = []
-    for name in args.datasets.split(","):
-        rate = {r["backend"]: r["samples_per_s"] for r in rows if r["dataset"] == name and r["fraction"] == 1.0}
-        if "torch" in rate:
-            summary.append({"dataset": name, **{f"{b}_vs_torch": rate[b] / rate["torch"] for b in rate if b != "torch"}})
-    columns = ["dataset", "backend", "fraction", "samples", "epoch_s", "samples_per_s", "time_vs_full",
-               "target", "met"]
-    report("loaders" + (f"-{args.tag}" if args.tag else ""), rows, columns,
-           summary=summary, config=vars(args), torch_threads=torch.get_num_threads())
-    for s in summary:
-        ratios = ", ".join(f"{k[:-9]} {v:.2f}x" for k, v in s.items() if k.endswith("_vs_torch"))
-        print(f"{s['dataset']}: samples/s at fraction 1.0 vs the torch DataLoader ({args.workers} workers "
-              f"each): {ratios}")
+    return rows
+
+
+def json_list(values) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
+def load() -> str:
+    """The machine's load while this ran (1, 5 and 15 minute averages) and its cores."""
+    return f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--samples", type=int, default=20000)
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--sizes", type=int, nargs=2, default=(200, 500), help="range of image heights and widths, px")
+    p.add_argument("--crop", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=4, help="batches before timing")
+    p.add_argument("--measure", type=int, default=40, help="batches timed per round (throughput)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--backends", default="torch,ffcv-stock,ffcv,dali")
+    p.add_argument("--fraction-backends", default="ffcv,dali,torch", help="'' skips the fraction part")
+    p.add_argument("--work", default="/tmp/kdprune-bench-loaders", help="where the images and conversions go")
+    args = p.parse_args(argv)
+    args.backends = [b for b in args.backends.split(",") if b]
+    args.fraction_backends = [b for b in args.fraction_backends.split(",") if b]
+    kinds = set(args.backends) | set(args.fraction_backends)
+    args.needs = {"ffcv" if k.startswith("ffcv") else k for k in kinds} - {"torch"}
+    folder, paths = prepare(args)
+    load_before = load()
+    rows = throughput(folder, paths, args) if args.backends else []
+    print(table(rows, ["backend", "samples_per_s", "vs_ffcv_stock", "vs_torch"]), flush=True)
+    frows = fractions(folder, paths, args)
+    print(table(frows, ["backend", "fraction", "epoch_s", "ratio", "ratio_over_f"]))
+    config = {k: v for k, v in vars(args).items() if k != "needs"}
+    config["load"] = f"before {load_before}; after {load()}"
+    path = record("loaders", rows + frows, **config)
+    print(f"\nload (1/5/15 min) before: {load_before}; after: {load()}\nappended {len(rows + frows)} rows to {path}")
 
 
 if __name__ == "__main__":
