@@ -80,11 +80,12 @@ class Preset:
     capacity_teachers: tuple = (ModelSpec("cnn", 4, 8), ModelSpec("cnn", 16, 8))
     capacity_fractions: tuple = (0.1,)
     alpha_source: str = "fit"
-    alphas: tuple = (0.0, 0.25, 0.5, 0.75, 1.0)
+    alphas: tuple = (0.0, 0.3, 0.6, 0.9)
     alpha_fractions: tuple = (0.1, 0.5)
     alpha_methods: tuple = ("random", "el2n")
     alpha_seeds: tuple = (0, 1)
     fixed_steps_control: bool = True
+    control_seeds: tuple = (0, 1)  # the control's runs cost a full-data run each: fewer seeds than the grid
     online_teacher: bool = True  # random f + KD with a teacher forward each step, for the time table
     convergence_epochs: tuple = (4, 16)  # extra full-data no-KD runs (first seed) beside student.epochs
     amortise_runs: int = 10  # the teacher's one-off cost is also shown shared by this many student runs
@@ -114,6 +115,8 @@ class Preset:
         if self.alpha_source == "fit" and len(set(self.alpha_fractions)) < 2:
             raise ConfigError("the alpha rule has two coefficients: fitting it needs alpha_fractions with at least "
                               f"2 fractions, got {self.alpha_fractions} (or use alpha_source='shipped')")
+        if self.fixed_steps_control and not self.control_seeds:
+            raise ConfigError("fixed_steps_control needs control_seeds")
         if self.alpha_source == "fit" and (not self.alpha_seeds or not self.alpha_methods):
             raise ConfigError("alpha_source='fit' needs alpha_seeds and alpha_methods")
         missing = {METHOD_SCORE[m][0] for m in self.methods if m in METHOD_SCORE} - set(self.scores)
@@ -142,7 +145,7 @@ PRESETS = {
                    convergence_epochs=(), scores=_small(3)),
     # the tests: synthetic data, every method and study but the sweep (the tests run it on its own), seconds
     "tiny": Preset(name="tiny", dataset="synthetic", synthetic_samples=200, synthetic_shape=(12, 12, 1),
-                   fractions=(0.5, 1.0), seeds=(0,), student=ModelSpec("cnn", 4, 2),
+                   fractions=(0.5, 1.0), seeds=(0,), control_seeds=(0,), student=ModelSpec("cnn", 4, 2),
                    capacity_teachers=(ModelSpec("cnn", 2, 2), ModelSpec("cnn", 8, 2)), capacity_fractions=(0.5,),
                    alpha_source="shipped", convergence_epochs=(1,), amortise_runs=2, batch_size=50,
                    scores=_small(2)),
@@ -228,7 +231,8 @@ def control_cells(p: Preset, alpha_at) -> list[Cell]:
     f = min(p.fractions)
     e = max(1, round(p.student.epochs / f))
     a = alpha_at("random", f)
-    return [make_cell("random", f, x, p.main_teacher.name, s, e) for s in p.seeds for x in ((0.0, a) if a > 0 else (0.0,))]
+    return [make_cell("random", f, x, p.main_teacher.name, s, e) for s in p.control_seeds
+            for x in ((0.0, a) if a > 0 else (0.0,))]
 
 
 def online_cells(p: Preset, alpha_at) -> list[Cell]:

@@ -140,8 +140,10 @@ def control_table(rep, by_key) -> str:
     a = rep.alpha_at("random", f)
     rows = []
     for label, epochs in ((f"{e} epochs (f of the steps)", e), (f"{e_steps} epochs (the full run's steps)", e_steps)):
-        kd = mean_std(accs(by_key, _cells(rep, "random", f, a, epochs=epochs))) if a > 0 else "alpha 0: no KD run"
-        rows.append([label, mean_std(accs(by_key, _cells(rep, "random", f, 0.0, epochs=epochs))), kd])
+        seeds = p.control_seeds
+        kd = (mean_std(accs(by_key, _cells(rep, "random", f, a, epochs=epochs, seeds=seeds))) if a > 0
+              else "alpha 0: no KD run")
+        rows.append([label, mean_std(accs(by_key, _cells(rep, "random", f, 0.0, epochs=epochs, seeds=seeds))), kd])
     rows.append([f"full data, {e} epochs", mean_std(accs(by_key, _cells(rep, FULL, 1.0, 0.0))), "-"])
     return md_table([f"random f={f:g}", "no KD", f"KD (alpha {a:.3f})"], rows)
 
