@@ -42,7 +42,7 @@ def test_prune_random_and_bad_input(tmp_path, capsys):
     assert main(["score", "--method", "random", "--out", stem] + DATA) == 0
     other = ["--dataset", "synthetic", "--synthetic-samples", "200"]
     assert main(["prune", "--scores", stem, "--fraction", "0.5", "--out", keep] + other) == 2
-    assert "recompute the scores on this dataset" in capsys.readouterr().err
+    assert "compute the scores on this dataset" in capsys.readouterr().err
     assert main(["score", "--method", "teacher-margin", "--out", stem] + DATA) == 2
     assert "teacher store" in capsys.readouterr().err
 
