@@ -67,7 +67,8 @@ def write_teacher_logits(teacher: torch.nn.Module, dataset, path, *, views: int 
     teacher = teacher.to(device).eval()
     fp = dataset_fingerprint or fingerprint(source)
     kwargs = dict(views=views, dtype=dtype, topk=topk, dataset_fingerprint=fp, dataset_name=dataset_name(source),
-                  teacher=description if description is not None else describe_model(teacher), augment=augment)
+                  teacher=description if description is not None else describe_model(teacher), augment=augment,
+                  input_size=image_size)  # recorded in the store, so training replays the same inputs
     inputs = _Inputs(source, workers, image_size)
     if num_classes is None:
         num_classes = getattr(source, "num_classes", None) or _output_width(teacher, inputs, device)

@@ -329,3 +329,15 @@ def test_prune_with_scores_of_another_dataset_names_both(tmp_path):
     rc, _, err = kdprune("prune", *DATA, "--scores", tmp_path / "sc", "--fraction", "0.5", "--out", tmp_path / "k")
     assert rc == 2 and "synthetic-120x10" in err and f"synthetic-{N}x10" in err and "kdprune score" in err
     assert not (tmp_path / "k.npy").exists()
+
+
+def test_a_store_of_resized_images_is_not_replayed_on_the_images_at_their_own_size(tmp_path):
+    from kdprune.store import TeacherStore
+    from kdprune.train import train_run
+
+    ds, test = dataset()
+    with TeacherStore.create(tmp_path / "s", N, 10, dataset_fingerprint=ds.fingerprint, input_size=32) as w:
+        w.write(np.arange(N), torch.zeros(N, 10))
+    assert TeacherStore.open(tmp_path / "s").meta["input_size"] == [32, 32]
+    with pytest.raises(ConfigError, match=r"resized to \(32, 32\).*own size \(28, 28\)"):
+        train_run(cfg(), ds, test, store=TeacherStore.open(tmp_path / "s"), progress=False)

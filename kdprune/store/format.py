@@ -52,7 +52,7 @@ ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int32": 4}
 
 # the arguments of create() that must match for a partial store to be resumed
 PARAM_KEYS = ("num_samples", "num_classes", "views", "dtype", "layout", "k", "chunk_rows",
-              "dataset_fingerprint", "teacher", "augment")
+              "dataset_fingerprint", "teacher", "augment", "input_size")
 
 
 @dataclass(frozen=True)
@@ -221,8 +221,19 @@ def chunk_rows_text(layout: Layout, view: int, chunk: int) -> str:
 
 
 def new_params(num_samples, num_classes, *, views, dtype, topk, dataset_fingerprint, teacher, augment,
-               chunk_rows, dataset_name=None) -> dict:
-    """The create() arguments as a checked, JSON-normalised header body."""
+               chunk_rows, dataset_name=None, input_size=None) -> dict:
+    """The create() arguments as a checked, JSON-normalised header body. ``input_size`` (int or
+    (H, W); None: each image's own size) is the size the teacher's unaugmented inputs were resized
+    and centre-cropped to."""
+    if isinstance(input_size, int) and not isinstance(input_size, bool):
+        input_size = (input_size, input_size)
+    if input_size is not None:
+        try:
+            input_size = [int(v) for v in input_size]
+        except (TypeError, ValueError) as err:
+            raise StoreError(f"input_size must be an int or (H, W), got {input_size!r}") from err
+        if len(input_size) != 2 or min(input_size) < 1:
+            raise StoreError(f"input_size must be an int or (H, W) of positive sides, got {input_size!r}")
     if dtype not in DTYPES:
         raise StoreError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if augment is not None and not isinstance(augment, dict):
@@ -234,7 +245,7 @@ def new_params(num_samples, num_classes, *, views, dtype, topk, dataset_fingerpr
               "num_classes": num_classes, "views": views, "dtype": dtype,
               "layout": "dense" if topk is None else "topk", "k": topk, "chunk_rows": chunk_rows,
               "dataset_fingerprint": dataset_fingerprint, "dataset": dataset_name, "teacher": teacher,
-              "augment": augment}
+              "augment": augment, "input_size": input_size}
     try:
         params = json.loads(json.dumps(params))
     except TypeError as err:

@@ -48,15 +48,16 @@ class TeacherStore:
     def create(cls, path, num_samples: int, num_classes: int, *, views: int = 1, dtype: str = "float16",
                topk: int | None = None, dataset_fingerprint: str | None = None, teacher=None, augment=None,
                chunk_rows: int | None = None, overwrite: bool = False,
-               dataset_name: str | None = None) -> StoreWriter:
+               dataset_name: str | None = None, input_size=None) -> StoreWriter:
         """A writer for a new store at ``path`` (str or os.PathLike; or the resumption of
         ``path.partial`` when one with the same arguments exists). ``topk=k`` keeps only the k largest
         logits of each row; ``augment`` (an :class:`~kdprune.data.Augment`) records the augmentation
         the views were computed on; ``teacher`` is any JSON-serialisable description;
-        ``dataset_name`` names the dataset in provenance errors."""
+        ``dataset_name`` names the dataset in provenance errors; ``input_size`` (int or (H, W)) records
+        the size the unaugmented inputs were resized to (None: each image's own size)."""
         params = new_params(num_samples, num_classes, views=views, dtype=dtype, topk=topk,
                             dataset_fingerprint=dataset_fingerprint, teacher=teacher, augment=augment,
-                            chunk_rows=chunk_rows, dataset_name=dataset_name)
+                            chunk_rows=chunk_rows, dataset_name=dataset_name, input_size=input_size)
         return StoreWriter(path, params, overwrite=overwrite, opener=cls.open)
 
     @classmethod

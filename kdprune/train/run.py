@@ -6,6 +6,7 @@ the process group itself; every check of the inputs happens before the first ste
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -32,7 +33,7 @@ def _loaders(cfg: TrainConfig, train_set, test_set, ids, store, device, per_rank
     out_size = (cfg.image_size, cfg.image_size) if cfg.image_size else None
     augment, views = None, None
     if store is not None:  # the student sees exactly the views the teacher's logits were computed on
-        augment, views = replay_views(cfg, store)
+        augment, views = replay_views(cfg, store, _native_size(train_set))
     elif cfg.augment is not False:
         augment = Augment(seed=cfg.seed, out_size=out_size)
 
@@ -65,11 +66,14 @@ def _loaders(cfg: TrainConfig, train_set, test_set, ids, store, device, per_rank
     return train, test
 
 
-def replay_views(cfg: TrainConfig, store) -> tuple:
+def replay_views(cfg: TrainConfig, store, native=None) -> tuple:
     """``(augment, views)`` that replay the views of ``store``; an error naming the `kdprune logits`
-    command of a matching store when ``cfg`` asks for another augmentation."""
+    command of a matching store when ``cfg`` asks for another augmentation. ``native``: (H, W) of the
+    training images, which an unaugmented run trains on."""
     made = store.meta.get("augment")
     aug = Augment.from_dict(made) if made else None
+    if aug is not None and aug.out_size is None and store.meta.get("input_size"):
+        aug = dataclasses.replace(aug, out_size=tuple(store.meta["input_size"]))  # the views were cropped to it
     want_size = (cfg.image_size, cfg.image_size) if cfg.image_size else None
     problem = None
     if cfg.augment is True and aug is None:
@@ -83,15 +87,27 @@ def replay_views(cfg: TrainConfig, store) -> tuple:
         problem = (f"holds views cropped to {tuple(aug.out_size)}, but this run asks for --image-size "
                    f"{cfg.image_size}")
         fix = "drop --image-size to replay the store's views, or make a store of views of that size"
+    elif aug is None and store.meta.get("input_size") and native and tuple(store.meta["input_size"]) != tuple(native):
+        problem = (f"holds the teacher's logits of images resized to {tuple(store.meta['input_size'])}, but this "
+                   f"run trains on the unaugmented images at their own size {tuple(native)}")
+        fix = "make a store of the images at their own size (without --image-size)"
     if problem is None:
         return aug, (store.views if aug is not None else None)
     teacher = store.meta.get("teacher")
     ckpt_path = teacher.get("checkpoint") if isinstance(teacher, dict) else None
     views = "--views 4 --augment" if cfg.augment is not False else "--views 1"
+    if want_size and cfg.augment is not False:
+        views += f" --image-size {cfg.image_size}"
     raise ConfigError(f"the teacher store {store.path} {problem}; {fix}: `kdprune logits --teacher "
                       f"{ckpt_path or 'TEACHER/model.pt'} --dataset ... {views} --out NEW_STORE` "
                       "(or distil online: --teacher online --teacher-model TEACHER/model.pt, which "
                       "sees any augmentation)")
+
+
+def _native_size(dataset):
+    """(H, W) of an in-memory dataset (its images share one size), else None (a JPEG folder's vary)."""
+    images = getattr(dataset, "images", None)
+    return tuple(images.shape[1:3]) if images is not None else None
 
 
 def image_shape(dataset) -> tuple:
