@@ -124,3 +124,17 @@ def test_the_reader_sees_imports_of_every_form(tmp_path, source, expected):
     path = tmp_path / "mod.py"
     path.write_text(source)
     assert [t for _, t in imported("kdprune.scores.mod", str(path), exports())] == expected
+
+
+def test_commands_share_code_through_public_names_only():
+    """A subcommand that needs another's helper imports a public name (or the helper moves to
+    commands/common.py), so renaming one command's internals cannot break another."""
+    wrong = []
+    for name, path in modules():
+        if not name.startswith("kdprune.commands."):
+            continue
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kdprune.commands.") \
+                    and node.module != name:
+                wrong += [f"{name} imports {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert not wrong, "\n".join(wrong)
