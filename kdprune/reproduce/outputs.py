@@ -56,14 +56,16 @@ def compare(a, b) -> tuple[float, str]:
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table; every row has the header's number of cells."""
-    def clean(x) -> str:
-        return str(x).replace("|", "/").replace("\n", " ")
+    """A Markdown table (:func:`kdprune.report.markdown_table`) of rows given as lists; a row whose
+    length is not the header's is an error, and a ``|`` inside a cell is written as ``/``."""
+    from kdprune.report import markdown_table
+
     for r in rows:
         if len(r) != len(header):
             raise ValueError(f"table row {r} has {len(r)} cells, the header {len(header)}")
-    lines = ["| " + " | ".join(map(clean, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(map(clean, r)) + " |" for r in rows])
+    header = [str(h).replace("|", "/") for h in header]
+    return markdown_table([{h: str(x).replace("|", "/").replace("\n", " ") for h, x in zip(header, r)} for r in rows],
+                          header)
 
 
 # ---- the tables -------------------------------------------------------------------------------
@@ -336,8 +338,8 @@ def claims(rep, by_key, teachers: dict, time_stats: list[dict]) -> list[str]:
         if store:
             best = min(store, key=lambda s: s["time_to_target_s"])
             with_teacher = best["time_to_target_s"] + best["one_off_s"]
-            out.append(f"6. Random pruning + KD reaches the full-data accuracy in less wall time: f={best['fraction']:g} "
-                       f"takes {best['time_to_target_s']:.1f} s vs {full['time_to_target_s']:.1f} s on all the data "
+            out.append("6. Random pruning + KD reaches the full-data accuracy in less wall time: "
+                       f"f={best['fraction']:g} takes {best['time_to_target_s']:.1f} s vs {full['time_to_target_s']:.1f} s on all the data "
                        f"(student run only: " + ("agrees" if best["time_to_target_s"] < full["time_to_target_s"]
                                                  else "does not agree") + f"); with the teacher's one-off cost paid "
                        f"by this run alone {with_teacher:.1f} s ("
