@@ -71,7 +71,6 @@ class KeptIdLoader:
         self.epoch = 0
         self._order = None  # (epoch, its order), the last one computed
         self.counter = ReadCounter(self.num_samples)
-        self._batches = None  # the recycle.BufferPool of _batch_pool
 
     @property
     def reads(self) -> int:
@@ -115,18 +114,6 @@ class KeptIdLoader:
         x = crop_batch(images, ids, augment=self.augment, view=view, image_size=self.image_size,
                        where=self.name)
         return self._to_device(x, labels, ids)
-
-    def _batch_pool(self, sample_shape, keep: int = 3):
-        """The loader's pool of float32 batches of ``batch_size`` samples of ``sample_shape``, whose
-        memory is used again once the caller has let go of a batch (made anew for another shape);
-        ``keep``: the batches in flight at once (default: the caller's, the one being made, a spare)."""
-        import math
-
-        from kdprune.loaders import recycle
-        nbytes = 4 * self.batch_size * math.prod(sample_shape)
-        if self._batches is None or self._batches.nbytes != nbytes:
-            self._batches = recycle.BufferPool(nbytes, keep=keep)
-        return self._batches
 
     def _to_device(self, x: torch.Tensor, labels, ids) -> Batch:
         y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
