@@ -23,9 +23,11 @@ def register(sub):
                     "measurement, tagged with machine, versions, date and commit, to OUT/NAME.csv. "
                     "Arguments after NAME go to the script (`kdprune bench loss --help` shows them); "
                     "--out is kdprune bench's own and may appear anywhere.")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help=f"directory of the results files (default {DEFAULT_OUT}); never the repository's")
     p.add_argument("name", help="benchmark name, e.g. loss; 'list' lists them")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
-    p.set_defaults(func=run, out=None)
+    p.set_defaults(func=run)
 
 
 def bench_dir() -> str:
@@ -43,8 +45,8 @@ def bench_dir() -> str:
     for folder in folders:
         if os.path.isfile(os.path.join(folder, "harness.py")):
             return folder
-    raise ConfigError("the benchmark scripts are not installed with this kdprune: install kdprune from a "
-                      "source checkout (pip install .), or run `python benchmarks/bench_NAME.py` there")
+    raise ConfigError("the benchmark scripts are not installed with this kdprune: reinstall it from a source "
+                      "checkout (`make install`, or pip install [-e] .), or run kdprune bench from the checkout's root")
 
 
 def list_benchmarks(folder: str | None = None) -> list[str]:
