@@ -22,6 +22,7 @@ _EXPORTS = {
     "save_scores": "kdprune.scores",
     "load_scores": "kdprune.scores",
     "RS2Sampler": "kdprune.scores.rs2",
+    "convert": "kdprune.loaders.converted",
     "with_ids": "kdprune.dropin",
     "KeptIdSampler": "kdprune.dropin",
     "fingerprint": "kdprune.dropin",
