@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from kdprune.cli import main as cli
 from kdprune.data.folder import write_jpeg_folder
@@ -74,3 +75,27 @@ def test_imagenet_recipe_end_to_end(tmp_path):
     assert np.isfinite(el2n[kept]).all() and np.isnan(np.delete(el2n, kept)).all()
     for name in ("model.pt", "model.pt.json", "checkpoint.pt", "metrics.jsonl"):
         assert (student / name).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loader", ["dali", "ffcv"])
+def test_original_size_jpegs_train_on_the_converted_loaders(loader, tmp_path):
+    """The same folder of original-size JPEGs converted from the CLI and read by the FFCV or DALI
+    backend: teacher -> logits (2 views) -> student distilling the stored views, one epoch each."""
+    root = tmp_path / "imagenet"
+    write_jpeg_folder(root / "train", 24, 4, size=(20, 40), seed=0)
+    write_jpeg_folder(root / "val", 8, 4, size=(20, 40), seed=1)
+    data = ["--dataset", "folder", "--data-dir", str(root)]
+    ext = ".beton" if loader == "ffcv" else "_dali"
+    conv = {split: str(tmp_path / f"{split}{ext}") for split in ("train", "val")}
+    for split, out in conv.items():
+        assert cli(["convert", "--format", loader, *data, "--split", split, "--workers", "1", "--out", out]) == 0
+    fast = [*SMALL, "--loader", loader, "--train-data", conv["train"], "--val-data", conv["val"], "--epochs", "1",
+            "--amp", "none"]
+    assert cli(["teacher", *data, "--config", CONFIG, *fast, "--out", str(tmp_path / "teacher")]) == 0
+    assert cli(["logits", *data, "--teacher", str(tmp_path / "teacher" / "model.pt"), "--views", "2",
+                "--image-size", "16", "--batch-size", "16", "--no-progress", "--out", str(tmp_path / "logits")]) == 0
+    assert cli(["train", *data, "--config", CONFIG, *fast, "--store", str(tmp_path / "logits"),
+                "--out", str(tmp_path / "student")]) == 0
+    m = json.loads((tmp_path / "student" / "metrics.json").read_text())
+    assert m["kept"] == 24 and m["config"]["loader"] == loader and 0.0 <= m["test_accuracy"] <= 1.0
