@@ -279,8 +279,8 @@ def test_any_map_style_dataset_on_the_torch_backend(tmp_path):
 
 
 def test_a_failure_in_a_worker_is_one_clear_error(data, tmp_path):
-    """A corrupt JPEG read in a DataLoader worker: one DataError naming the file and the fix, not a
-    worker's traceback."""
+    """A corrupt JPEG read in a DataLoader worker (or decoded by DALI): one DataError naming the file
+    and the fix, not a worker's traceback."""
     root = tmp_path / "broken"
     folder = write_jpeg_folder(root, 8, num_classes=2, size=16)
     with open(folder.paths[5], "wb") as f:
@@ -291,6 +291,11 @@ def test_a_failure_in_a_worker_is_one_clear_error(data, tmp_path):
     message = str(err.value)
     assert folder.paths[5] in message and "not a readable JPEG" in message and "remove or replace" in message
     assert "Traceback" not in message and "DataLoader worker" not in message
+    # DALI's decoder fails on the same file: the error names it too
+    import kdprune
+    kdprune.convert(FolderDataset(root), "dali", tmp_path / "broken_dali")
+    with pytest.raises(DataError, match=f"{folder.paths[5]} is not a readable JPEG; remove or replace"):
+        list(build("dali", tmp_path / "broken_dali", None, batch_size=4, train=False, workers=1))
 
     with pytest.raises(DataError, match=r"reading sample \d of Buggy failed: KeyError"):
         list(build("torch", Buggy(), None, batch_size=2, train=False, workers=1))

@@ -71,12 +71,14 @@ class _BatchSource:
     def __init__(self, loader: "DALILoader"):
         self.loader = loader
         self.order = np.zeros(0, dtype=np.int64)
+        self.sent = []  # the ids of the batches handed to DALI and not yet served
 
     def __call__(self, info):
         bs = self.loader.batch_size
         ids = self.order[info.iteration * bs:(info.iteration + 1) * bs]
         if len(ids) == 0:
             raise StopIteration
+        self.sent.append(ids)
         labels = np.ascontiguousarray(self.loader.labels[ids], dtype=np.int64)[:, None]
         return self.loader.read(ids), labels, np.ascontiguousarray(ids, dtype=np.int64)[:, None]
 
@@ -144,7 +146,7 @@ class DALILoader(KeptIdLoader):
         if self._serving is not None:  # an epoch left mid-way, still referenced: its pipeline is spent
             self._pipe = None
         self._serving = token = object()
-        self._source.order = order
+        self._source.order, self._source.sent = order, []
         pipe = self._pipeline()
         finished = False
         try:
@@ -154,6 +156,11 @@ class DALILoader(KeptIdLoader):
                 except StopIteration:
                     finished = True
                     break
+                except RuntimeError as err:  # a file DALI could not decode: the pipeline is spent
+                    self._pipe = None
+                    raise self._decode_error(err) from None
+                if self._source.sent:
+                    self._source.sent.pop(0)
                 yield self._as_arrays(images, labels, ids)
         finally:
             if self._serving is token:  # (a stale epoch closed late touches nothing)
@@ -162,6 +169,22 @@ class DALILoader(KeptIdLoader):
                     pipe.reset()
                 else:  # left mid-epoch: DALI's prefetched batches belong to this epoch, start afresh
                     self._pipe = None
+
+    def _decode_error(self, err: RuntimeError) -> DataError:
+        """A DataError naming the files among the batches in flight that are not readable images."""
+        from kdprune.data.folder import decode_jpeg
+        bad = []
+        for i in (np.concatenate(self._source.sent) if self._source.sent and self.jpeg else []):
+            try:
+                decode_jpeg(np.fromfile(self.files[i], dtype=np.uint8).tobytes(), self.files[i])
+            except DataError:
+                bad.append(self.files[i])
+        self._source.sent = []
+        if bad:
+            return DataError(f"{', '.join(bad[:3])} {'is' if len(bad) == 1 else 'are'} not a readable JPEG; "
+                             "remove or replace the file, then re-run `kdprune convert --format dali`")
+        first = next((line for line in str(err).splitlines() if "failure" in line or "rror" in line), str(err))
+        return DataError(f"DALI failed on {self.path}: {first.strip()}")
 
     def _as_arrays(self, images, labels, ids):
         """DALI's outputs as numpy: the images as one array (raw) or a list of any sizes (JPEGs)."""
