@@ -40,6 +40,22 @@ _HELP = {
     "checkpoint_every": "optimizer steps between mid-epoch checkpoints (0: at epoch ends)",
     "log_every": "optimizer steps between metrics.jsonl step records (0: epochs only)",
     "eval_every": "epochs between test evaluations (0: after the last only)",
+    "width": "channels of the first layer of kdprune's models (they double per stage)",
+    "epochs": "passes over the kept subset (the same at every keep fraction)",
+    "optimizer": "sgd (with Nesterov momentum) or adamw",
+    "momentum": "SGD momentum (AdamW: beta1)",
+    "weight_decay": "L2 weight decay (decoupled for AdamW)",
+    "gamma": "step schedule: LR factor at each milestone",
+    "max_grad_norm": "clip the gradient's global L2 norm to this (0: no clipping)",
+    "label_smoothing": "label smoothing of the cross-entropy term, in [0, 1)",
+    "seed": "seed of the initial weights, the sample order and the augmentation",
+    "device": "cpu, cuda or cuda:N (under torchrun each rank takes its local GPU)",
+    "channels_last": "channels-last memory format for the model and the batches (faster convs on GPUs)",
+    "grad_accum": "micro-batches per optimizer step (the global batch is split over them)",
+    "sync_bn": "synchronise BatchNorm statistics over the DDP ranks",
+    "loader": "data loader backend: torch, ffcv or dali (ffcv/dali read --train-data)",
+    "workers": "decoding processes/threads of folder, FFCV and DALI loaders",
+    "eval_batch_size": "samples per evaluation batch",
     "rs2": "RS2: train each epoch on a fresh random FRACTION of the data, without replacement across epochs "
            "(0 = off; not with --subset; with --store and no --alpha, alpha is 'auto' at FRACTION)",
 }
@@ -153,14 +169,16 @@ def check_out(args) -> bool:
 def register(sub):
     p = sub.add_parser("train", help="train a student on a pruned subset with KD from a teacher store",
                        description="Train a student on the samples of --subset (all when omitted), "
-                                   "distilling the teacher logits of --store (alpha > 0). Writes model.pt, "
+                                   "distilling the teacher logits of --store (alpha 'auto' unless --alpha "
+                                   "says otherwise) on exactly the views the store holds. Writes model.pt, "
                                    "metrics.json, metrics.jsonl, checkpoint.pt and el2n.npy to --out. "
                                    "Runs under torchrun for DDP.")
     add_source_args(p)
     p.add_argument("--subset", metavar="STEM", default=None, help="IndexSet from `kdprune prune` (default: all)")
     p.add_argument("--store", metavar="DIR", default=None, help="teacher store from `kdprune logits`")
     p.add_argument("--teacher-model", metavar="PATH", default=None,
-                   help="a model.pt from `kdprune teacher`, run online (with --teacher online)")
+                   help="a model.pt from `kdprune teacher`, run online on each batch (what --teacher online "
+                        "uses; without --store it turns --teacher online on)")
     p.add_argument("--out", metavar="DIR", required=True, help="output directory")
     add_out_args(p)
     p.add_argument("--timing", action="store_true",
