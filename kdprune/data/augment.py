@@ -145,14 +145,17 @@ def crop_batch(images, ids, *, augment: Augment | None = None, view: int = 0, im
     of samples ``ids``, whatever their sizes (see :func:`crop_plan` for which crop)."""
     from kdprune.data import to_float
 
-    images = [np.asarray(im) for im in images]
+    batch = images if isinstance(images, np.ndarray) and images.ndim == 4 else None  # [B, H, W, C] already
+    images = list(images) if batch is not None else [np.asarray(im) for im in images]
     plan = crop_plan([im.shape for im in images], ids, augment=augment, view=view, image_size=image_size,
                      fraction=fraction, where=where)
+    if batch is None and len({im.shape for im in images}) == 1:
+        batch = np.stack(images)
     if plan is None:
-        return to_float(np.stack(images))
+        return to_float(batch)
     boxes, flips, out_hw = plan
-    if len({im.shape for im in images}) == 1:  # one size: one grid_sample over the batch
-        return crop_resize(to_float(np.stack(images)), boxes, flips, out_hw)
+    if batch is not None:  # one size: one grid_sample over the batch
+        return crop_resize(to_float(batch), boxes, flips, out_hw)
     return crop_images(images, boxes, flips, out_hw)
 
 

@@ -70,14 +70,16 @@ def _describe(err: BaseException, doing: str) -> str:
 
 
 def _as_image(x):
-    """uint8 ``[H, W, C]`` for an image input (PIL, uint8 array or uint8 ``[C, H, W]`` tensor), or None
-    for an input the dataset already made (a float tensor or array)."""
+    """uint8 ``[H, W, C]`` for an image input (PIL, uint8 array, uint8 tensor ``[C, H, W]`` or
+    ``[H, W, C]``), or None for an input the dataset already made (a float tensor or array)."""
     if hasattr(x, "getbands"):  # a PIL image
         x = np.array(x if x.mode in ("L", "RGB") else x.convert("RGB"))
     elif torch.is_tensor(x):
         if x.dtype != torch.uint8:
             return None
-        x = x.numpy().transpose(1, 2, 0) if x.ndim == 3 else x.numpy()  # torchvision's [C, H, W]
+        x = x.numpy()
+        if x.ndim == 3 and x.shape[0] in (1, 3) and x.shape[2] not in (1, 3):
+            x = x.transpose(1, 2, 0)  # torchvision's [C, H, W]; Hugging Face's are [H, W, C] already
     x = np.asarray(x)
     if x.dtype != np.uint8:
         return None
