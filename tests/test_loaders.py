@@ -421,3 +421,19 @@ def test_ddp_shards_are_disjoint_equal_and_cover_the_index_set(data, tmp_path):
         for r in range(2):  # each rank read its own shard and nothing else
             reads = np.load(tmp_path / f"{key}-{r}-reads.npy")
             assert reads.sum() == len(shards[r]) and (reads[np.unique(shards[r])] >= 1).all(), key
+
+
+def test_a_torchvision_image_folder_converts_for_dali(tmp_path):
+    """``kdprune.convert`` of torchvision's ImageFolder lists its original files for DALI, and the
+    DALI loader checks the conversion against that dataset and serves its labels."""
+    import torchvision
+
+    import kdprune
+    write_jpeg_folder(tmp_path / "tv", 10, num_classes=2, size=(16, 30))
+    folder = torchvision.datasets.ImageFolder(str(tmp_path / "tv"))
+    manifest = kdprune.convert(folder, "dali", tmp_path / "tv_dali")
+    assert manifest["num_samples"] == 10 and manifest["encoding"] == "jpeg"
+    loader = build("dali", folder, None, path=tmp_path / "tv_dali", batch_size=4, train=False, image_size=8)
+    batches = list(loader)
+    np.testing.assert_array_equal(np.concatenate([b.y.numpy() for b in batches]), folder.targets)
+    assert batches[0].x.shape == (4, 3, 8, 8)

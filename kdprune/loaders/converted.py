@@ -127,10 +127,13 @@ def read_manifest(path: str, fmt: str, source=None) -> dict:
         if os.path.getsize(full) != size:
             raise DataError(f"{full} has {os.path.getsize(full)} bytes but its manifest says {size}: the file "
                             f"is truncated or was rewritten after conversion; {redo}")
-    if source is not None and source.fingerprint != manifest["fingerprint"]:
-        raise DataError(f"{path} was converted from dataset {manifest['source']} (fingerprint "
-                        f"{manifest['fingerprint']}), not from {source.name} ({source.fingerprint}): it is "
-                        f"stale; {redo}")
+    if source is not None:
+        from kdprune.dropin import dataset_name, fingerprint
+        mine = fingerprint(source)
+        if mine != manifest["fingerprint"]:
+            raise DataError(f"{path} was converted from dataset {manifest['source']} (fingerprint "
+                            f"{manifest['fingerprint']}), not from {dataset_name(source)} ({mine}): it is "
+                            f"stale; {redo}")
     return manifest
 
 
