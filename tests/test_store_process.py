@@ -153,7 +153,8 @@ class _CrashAfter(torch.nn.Module):
 def test_logits_command_resumes_and_replays_views(tmp_path, capsys):
     from kdprune.cli import main
     from kdprune.models import build_model, load_model, save_model
-    from kdprune.store.fill import checkpoint_description, write_teacher_logits
+    from kdprune.logits import write_teacher_logits
+    from kdprune.store.fill import checkpoint_description
 
     torch.manual_seed(0)
     ckpt = str(tmp_path / "teacher.pt")
@@ -166,7 +167,7 @@ def test_logits_command_resumes_and_replays_views(tmp_path, capsys):
     # the same run as the command, interrupted after 3 batches of view 0
     with pytest.raises(_Crash):
         write_teacher_logits(_CrashAfter(load_model(ckpt), 3), data, out, views=2, augment=Augment(seed=5),
-                             batch_size=64, teacher=checkpoint_description(ckpt), progress=False)
+                             batch_size=64, description=checkpoint_description(ckpt), progress=False)
     assert os.path.isdir(out + ".partial")
     assert main(args) == 0
     assert "views=2" in capsys.readouterr().out
@@ -190,7 +191,7 @@ def test_logits_command_resumes_and_replays_views(tmp_path, capsys):
 
 def test_logits_without_views_sees_clean_images(tmp_path):
     from kdprune.models import build_model
-    from kdprune.store.fill import write_teacher_logits
+    from kdprune.logits import write_teacher_logits
 
     data = synthetic(50, 10, (28, 28, 1), seed=1)
     model = build_model("cnn", 10, 1, width=4).eval()

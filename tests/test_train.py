@@ -347,7 +347,7 @@ def test_divergence_stops_the_run_with_a_message(data):
 def test_store_views_replay_the_crops_an_online_teacher_sees(data, tmp_path):
     """A store of 2 augmented views, replayed by the loader (view = epoch % 2), gives the same
     distillation targets as running the teacher online on the student's own crops."""
-    from kdprune.store.fill import write_teacher_logits
+    from kdprune.logits import write_teacher_logits
     train, test = data
     torch.manual_seed(5)
     teacher = build_model("cnn", C, 1, width=4).eval()
