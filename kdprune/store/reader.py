@@ -88,8 +88,8 @@ class TeacherStore:
         from kdprune.provenance import require_same
 
         require_same(self.meta, expected, what=f"the teacher store {self.path}", missing_ok=missing_ok,
-                     fix=f"compute the teacher's logits on the dataset used here with `kdprune logits "
-                         f"--teacher TEACHER/model.pt --dataset ... --out NEW_STORE` {self.rebuild_hint()}")
+                     fix="compute the teacher's logits on the dataset used here (`kdprune logits --teacher "
+                         f"TEACHER/model.pt --dataset ... --out NEW_STORE`) {self.rebuild_hint()}")
 
     def rebuild_hint(self) -> str:
         """How this store was made, for error messages: its teacher checkpoint and dataset."""
@@ -102,6 +102,22 @@ class TeacherStore:
         aug = self._header.get("augment")
         made.append(f"{self.views} view(s), " + ("augmented" if aug else "no augmentation"))
         return "(this store was made from " + ", ".join(made) + ")"
+
+    def logits_command(self, out: str | None = None) -> str:
+        """The `kdprune logits` command that makes a store like this one (at ``out``, default its own
+        path), as far as the header tells: teacher checkpoint, dataset, views, augmentation, input size."""
+        from kdprune.provenance import dataset_flags
+
+        teacher = self._header.get("teacher")
+        ckpt = teacher.get("checkpoint") if isinstance(teacher, dict) else None
+        parts = ["kdprune logits --teacher", ckpt or "TEACHER/model.pt", dataset_flags(self._header.get("dataset"))]
+        aug = self._header.get("augment")
+        if aug:
+            parts += [f"--views {self.views} --augment", f"--augment-seed {aug.get('seed', 0)}"]
+        size = self._header.get("input_size")
+        if size and size[0] == size[1]:
+            parts.append(f"--image-size {size[0]}")
+        return " ".join(parts + ["--out", out or self.path])
 
     # -- properties ----------------------------------------------------------------------------------------
     @property
@@ -266,8 +282,8 @@ class TeacherStore:
             more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
             raise StoreError(f"{self.path} is corrupted: checksum mismatch in {'; '.join(bad[:5])}{more}, so the "
                              "teacher logits of those samples cannot be trusted and nothing was read from them. "
-                             f"Rebuild the store: delete {self.path} and re-run the `kdprune logits` command that "
-                             f"made it {self.rebuild_hint()}; `kdprune info {self.path}` lists every damaged chunk")
+                             f"Rebuild the store: delete {self.path} and run `{self.logits_command()}` (the command "
+                             f"that made it, as far as its header tells); `kdprune info {self.path}` checks every chunk")
         for view, chunk in todo:
             self._checked[view, chunk] = True
         if self._checked.all():

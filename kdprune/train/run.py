@@ -98,10 +98,11 @@ def replay_views(cfg: TrainConfig, store, native=None) -> tuple:
     views = "--views 4 --augment" if cfg.augment is not False else "--views 1"
     if want_size and cfg.augment is not False:
         views += f" --image-size {cfg.image_size}"
-    raise ConfigError(f"the teacher store {store.path} {problem}; {fix}: `kdprune logits --teacher "
-                      f"{ckpt_path or 'TEACHER/model.pt'} --dataset ... {views} --out NEW_STORE` "
-                      "(or distil online: --teacher online --teacher-model TEACHER/model.pt, which "
-                      "sees any augmentation)")
+    from kdprune.provenance import dataset_flags
+    ckpt_path = ckpt_path or "TEACHER/model.pt"
+    raise ConfigError(f"the teacher store {store.path} {problem}; {fix}: `kdprune logits --teacher {ckpt_path} "
+                      f"{dataset_flags(store.meta.get('dataset'))} {views} --out NEW_STORE` (or distil online: "
+                      f"--teacher online --teacher-model {ckpt_path}, which sees any augmentation)")
 
 
 def _native_size(dataset):
