@@ -98,6 +98,7 @@ def test_a_damaged_store_stops_train_and_score_on_the_cli(tmp_path):
     flip_byte(tmp_path / "s", 5)
     rc, _, err = kdprune("train", *DATA, *QUICK, "--store", tmp_path / "s", "--out", tmp_path / "run")
     assert rc == 2 and "corrupted" in err and "samples [0, 16)" in err and "Traceback" not in err
+    assert f"kdprune logits --teacher TEACHER/model.pt --dataset synthetic --synthetic-samples {N}" in err  # the fix
     assert not (tmp_path / "run" / "model.pt").exists()
     rc, _, err = kdprune("score", *DATA, "--method", "teacher-el2n", "--store", tmp_path / "s",
                          "--out", tmp_path / "sc", "--no-progress")
