@@ -342,3 +342,25 @@ def test_a_store_of_resized_images_is_not_replayed_on_the_images_at_their_own_si
     assert TeacherStore.open(tmp_path / "s").meta["input_size"] == [32, 32]
     with pytest.raises(ConfigError, match=r"resized to \(32, 32\).*own size \(28, 28\)"):
         train_run(cfg(), ds, test, store=TeacherStore.open(tmp_path / "s"), progress=False)
+
+
+def test_a_resume_on_another_subset_is_refused(tmp_path):
+    from kdprune.train import train_run
+
+    ds, test = dataset()
+
+    class Stop:
+        n = 0
+
+        def on_batch(self, *args):
+            self.n += 1
+            if self.n == 2:
+                raise KeyboardInterrupt
+
+    first, other = np.arange(0, 64), np.arange(32, 96)  # the same size: only their fingerprints differ
+    with pytest.raises(Interrupted):
+        train_run(cfg(checkpoint_minutes=1e-6), ds, test, first, out_dir=str(tmp_path / "r"), callbacks=[Stop()],
+                  progress=False)
+    with pytest.raises(ConfigError, match=r"other inputs \(subset \(--subset\): 64 ids"):
+        train_run(cfg(), ds, test, other, out_dir=str(tmp_path / "r"), resume=True, progress=False)
+    train_run(cfg(), ds, test, first, out_dir=str(tmp_path / "r"), resume=True, progress=False)  # the same: fine

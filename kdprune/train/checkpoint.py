@@ -89,3 +89,15 @@ def check_config(saved: dict, current: dict, path: str) -> None:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
         raise ConfigError(f"{path} was written by a run with another config ({detail}); "
                           "resume with the same options or use a new --out directory")
+
+
+def check_inputs(saved: dict, current: dict, path) -> None:
+    """Refuse to resume a run on other inputs (another dataset, subset or teacher store) than the ones
+    its checkpoint was trained on; an input that either side does not record is not compared."""
+    names = {"dataset": "dataset", "subset": "subset (--subset)", "store": "teacher store (--store)"}
+    diff = [k for k in saved if k in current and saved[k] != current[k] and not k.endswith("_name")]
+    if diff:
+        detail = "; ".join(f"{names.get(k, k)}: {saved.get(k + '_name') or saved[k]} -> "
+                           f"{current.get(k + '_name') or current[k]}" for k in diff)
+        raise ConfigError(f"{path} was written by a run on other inputs ({detail}); resume with the inputs it "
+                          "was trained on, or start a new run in another --out")

@@ -104,6 +104,8 @@ class Trainer:
 
     ``teacher`` (a StoredTeacher or OnlineTeacher) supplies teacher logits, or None for CE only (then
     the loss must have alpha = 0). ``num_samples`` (the dataset size) turns on the EL2N score table.
+    ``inputs`` describes what the run reads (e.g. the fingerprints of its dataset, subset and teacher
+    store); it is saved in the checkpoint and a resume with other inputs is refused.
     With ``out_dir``, rank 0 writes ``metrics.jsonl`` and ``checkpoint.pt`` there (at every epoch end,
     every ``cfg.checkpoint_every`` steps and every ``cfg.checkpoint_minutes``); :meth:`fit` with
     ``resume=True`` continues from that checkpoint (or starts fresh when there is none). Ctrl-C stops
@@ -112,7 +114,7 @@ class Trainer:
 
     def __init__(self, model, loader, loss_fn, cfg: TrainConfig, *, teacher=None, eval_loader=None,
                  callbacks=(), out_dir: str | None = None, progress: bool = True, desc: str = "train",
-                 num_samples: int | None = None, timing: bool = False, device=None):
+                 num_samples: int | None = None, timing: bool = False, device=None, inputs: dict | None = None):
         cfg.validate()
         if teacher is None and getattr(loss_fn, "alpha", 0) not in (0, 0.0):
             raise ConfigError("a KD loss with alpha > 0 needs a teacher (a store or a module)")
@@ -150,6 +152,7 @@ class Trainer:
         self._last_save = time.monotonic()
         self._stop_requested = False  # Ctrl-C seen: save and stop after this step
         self._start = None  # perf_counter() at the run's (virtual) start, set by fit()
+        self.inputs = dict(inputs or {})  # what the run reads (dataset, subset, store), checked on resume
 
     # ------------------------------------------------------------------ the run
     def fit(self, resume: bool = False, overwrite: bool = False) -> History:
@@ -397,7 +400,7 @@ class Trainer:
             "totals": dist.all_reduce_sum(self.totals.clone()).cpu(),
             "scores": self.scores.state_dict() if self.scores is not None else None,
             "history": self.history.epochs, "samples_seen": self.history.samples_seen,
-            "elapsed": self.elapsed,
+            "elapsed": self.elapsed, "inputs": self.inputs,
         }
 
     def save(self) -> None:
@@ -418,6 +421,7 @@ class Trainer:
             return False
         state = ckpt.load(self.checkpoint_path)
         ckpt.check_config(state["config"], self.cfg.as_dict(), self.checkpoint_path)
+        ckpt.check_inputs(state.get("inputs") or {}, self.inputs, self.checkpoint_path)
         if state["steps_per_epoch"] != self.steps_per_epoch:
             raise ConfigError(f"{self.checkpoint_path}: {state['steps_per_epoch']} steps per epoch, but this "
                               f"loader gives {self.steps_per_epoch}; resume on the same subset and batch size")

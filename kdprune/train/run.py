@@ -117,6 +117,21 @@ def image_shape(dataset) -> tuple:
     return tuple(shape() if callable(shape) else shape)
 
 
+def run_inputs(train_set, ids, store) -> dict:
+    """What a run reads, by fingerprint: its dataset, the subset's ids (None: all) and the teacher
+    store (None: no store), recorded in its checkpoint and metrics.json."""
+    import hashlib
+
+    out = {"dataset": train_set.fingerprint, "dataset_name": getattr(train_set, "name", None)}
+    if ids is not None and len(ids) != len(train_set):
+        out["subset"] = hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+        out["subset_name"] = f"{len(ids)} ids, sha256 {out['subset']}"
+    if store is not None:
+        out["store"] = str(store.meta.get("header_crc32"))
+        out["store_name"] = f"{store.path} (header crc32 {out['store']})"
+    return out
+
+
 def _check_subset(ids, train_set) -> None:
     """An IndexSet (or anything with ``.meta``) made for another dataset stops the run here."""
     meta = getattr(ids, "meta", None)
@@ -226,13 +241,14 @@ def train_run(cfg: TrainConfig, train_set, test_set, ids=None, *, store=None, ke
     run_cfg = TrainConfig.from_dict({**cfg.as_dict(), "device": str(device)})
     if out_dir and overwrite and dist.is_main() and os.path.exists(os.path.join(out_dir, ckpt.METRICS)):
         os.remove(os.path.join(out_dir, ckpt.METRICS))  # starting over: the old run is no longer "finished"
+    inputs = run_inputs(train_set, None if cfg.rs2 else ids, store if teacher is not None else None)
     trainer = Trainer(model, train_loader, loss_fn, run_cfg, teacher=teacher, eval_loader=test_loader,
                       callbacks=callbacks, out_dir=out_dir, progress=progress, desc=desc,
-                      num_samples=len(train_set), timing=timing)
+                      num_samples=len(train_set), timing=timing, inputs=inputs)
     history = trainer.fit(resume=resume, overwrite=overwrite)
     final = trainer.ema.module if trainer.ema is not None else trainer.model
     last = history.epochs[-1] if history.epochs else {}
-    metrics = {"config": {**cfg.as_dict(), "alpha": alpha}, "keep_fraction": fraction, "kept": kept,
+    metrics = {"config": {**cfg.as_dict(), "alpha": alpha}, "inputs": inputs, "keep_fraction": fraction, "kept": kept,
                "test_accuracy": last.get("test_accuracy", float("nan")),
                "test_loss": last.get("test_loss", float("nan")),
                "samples_seen": history.samples_seen, "wall_time_s": history.wall_time_s,
