@@ -280,11 +280,11 @@ class Trainer:
             t = self.totals.tolist()  # rank-local running means: one sync every log_every steps
             self._log({"kind": "step", "epoch": epoch, "step": self.step, "lr": self.sched.get_last_lr()[0],
                        "train_loss": t[0] / max(t[2], 1), "train_accuracy": t[1] / max(t[2], 1)})
-        if self.out_dir and mid_epoch and ((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
+        stop = self._stop_requested and mid_epoch  # Ctrl-C: save and stop here, with nothing lost
+        if self.out_dir and mid_epoch and (stop or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
                                            or self._time_to_save()):
             self.save()
-        if self._stop_requested and mid_epoch:  # Ctrl-C: stop here, with nothing lost
-            self.save()
+        if stop:
             raise Interrupted(f"checkpoint saved at {self._where()} in {self.checkpoint_path}")
 
     def _time_to_save(self) -> bool:
