@@ -53,8 +53,10 @@ def _print_estimate(args) -> int:
     for kind, s in est["seconds"].items():
         if kind != "runs":
             print(f"[reproduce]   {kind}: {s / 60:.1f} job-min")
+    phases = ", ".join(f"{k} {max(v['sum'] / args.jobs, v['longest']) / 60:.1f}" for k, v in est["phases"].items())
     print(f"[reproduce] preset {p.name}: {est['student_runs']} student runs, {est['job_seconds'] / 60:.1f} job-min, "
-          f"about {est['wall_s'] / 60:.0f} min with --jobs {args.jobs} (scheduling gaps not included)")
+          f"about {est['wall_s'] / 60:.0f} min with --jobs {args.jobs} (phases, min: {phases}; process start "
+          "not included)")
     return 0
 
 

@@ -6,8 +6,10 @@ the distillation's extra cost on each of them: a gather from the store and the K
 teacher's forward pass, and one test-set evaluation per evaluated epoch). Rates: seconds per sample of
 training without and with KD from a store and of a forward pass at each model width, and of one
 per-sample gradient, measured by short runs on this machine at ``threads`` torch threads (the threads each of the
-``jobs`` workers gets). The estimate is the work divided among the jobs; scheduling gaps, process start
-and the alpha sweep's barrier (the other studies wait for its fit) come on top.
+``jobs`` workers gets). The reproduction runs in three phases, each waiting for the one before: the
+teachers and scores, the alpha sweep, the other studies (they need the sweep's rule). A phase takes its
+work divided among the jobs, or its longest item when that is longer; process start and the evaluation
+of the test set by the main process come on top.
 """
 from __future__ import annotations
 
@@ -30,20 +32,21 @@ def work(p: grid.Preset, n_train: int, n_test: int) -> list[dict]:
     """Every unit of work of preset ``p`` on a dataset of ``n_train``/``n_test`` samples."""
     items = []
     for t in {s.name: s for s in (p.main_teacher, *p.capacity_teachers)}.values():
-        items.append({"what": f"teacher {t.name}", "width": t.width, "train": n_train * t.epochs,
-                      "forward": n_train + n_test})
+        items.append({"what": f"teacher {t.name}", "phase": "prepare", "width": t.width,
+                      "train": n_train * t.epochs, "forward": n_train + n_test})
     needed = {grid.METHOD_SCORE[m][0] for m in p.methods if m in grid.METHOD_SCORE} - {"teacher-el2n"}
     for name in sorted(needed):
         spec = p.scores[name]
-        items.append({"what": f"score {name}", "width": p.student.width, "train": spec.runs * spec.epochs * n_train,
-                      "grand": spec.runs * n_train if name == "grand" else 0})
-    cells = grid.alpha_cells(p)
-    cells += grid.grid_cells(p, _alpha_guess) + grid.capacity_cells(p, _alpha_guess)
+        items.append({"what": f"score {name}", "phase": "prepare", "width": p.student.width,
+                      "train": spec.runs * spec.epochs * n_train, "grand": spec.runs * n_train if name == "grand" else 0})
+    sweep = grid.unique(grid.alpha_cells(p))
+    cells = grid.grid_cells(p, _alpha_guess) + grid.capacity_cells(p, _alpha_guess)
     cells += grid.control_cells(p, _alpha_guess) + grid.online_cells(p, _alpha_guess) + grid.convergence_cells(p)
-    for c in grid.unique(cells):
+    for c in grid.unique(sweep + cells):
         kept = round(c.fraction * n_train)
         evals = c.epochs if c.curve else 1
-        items.append({"what": "student", "width": p.student.width, "train": kept * c.epochs,
+        items.append({"what": "student", "phase": "sweep" if c in sweep else "studies",
+                      "width": p.student.width, "train": kept * c.epochs,
                       "kd": kept * c.epochs if c.kd and not c.online else 0, "forward": evals * n_test,
                       "teacher_forward": kept * c.epochs if c.online else 0, "teacher_width": p.main_teacher.width})
     return items
@@ -107,16 +110,20 @@ def estimate(p: grid.Preset, rates: dict, n_train: int, n_test: int, jobs: int =
     """Seconds of each kind of work of preset ``p`` at ``rates`` (from :func:`measure_rates`), and the
     wall time with ``jobs`` workers."""
     tr, fw = rates["train"], rates["forward"]
-    by = {}
+    by, phases = {}, {}
     for it in work(p, n_train, n_test):
         s = it.get("train", 0) * tr[it["width"]] + it.get("forward", 0) * fw[it["width"]]
         s += it.get("kd", 0) * rates.get("kd", 0.0)
         s += it.get("teacher_forward", 0) * fw.get(it.get("teacher_width"), fw[it["width"]])
         s += it.get("grand", 0) * rates["grand"]
+        ph = phases.setdefault(it["phase"], {"sum": 0.0, "longest": 0.0})
+        ph["sum"] += s
+        ph["longest"] = max(ph["longest"], s)
         kind = it["what"].split(" ")[0]
         by[kind] = by.get(kind, 0.0) + s
         by.setdefault("runs", 0)
         by["runs"] += it["what"] == "student"
     total = sum(v for k, v in by.items() if k != "runs")
-    return {"seconds": by, "job_seconds": total, "jobs": jobs, "wall_s": total / jobs,
+    wall = sum(max(ph["sum"] / jobs, ph["longest"]) for ph in phases.values())
+    return {"seconds": by, "job_seconds": total, "jobs": jobs, "wall_s": wall, "phases": phases,
             "student_runs": by.get("runs", 0)}

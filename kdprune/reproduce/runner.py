@@ -142,16 +142,17 @@ class Reproduction:
             finally:
                 self._pool = None
 
-    def _each(self, fn, items: list, title: str) -> None:
-        """``fn(item)`` for every item: in the workers when open, else here."""
+    def _each(self, tasks: list[tuple[str, object]], title: str) -> None:
+        """Each ``(method name, argument)`` task, e.g. ``("make_teacher", spec)``: in the workers when
+        open, else here; in the order given (put the longest first: the pool then ends evenly)."""
         from tqdm.auto import tqdm
 
-        if self._pool is None or len(items) < 2:
-            for item in items:
-                fn(item)
+        if self._pool is None or len(tasks) < 2:
+            for name, item in tasks:
+                getattr(self, name)(item)
             return
         from concurrent.futures import as_completed
-        futures = [self._pool.submit(_worker_call, fn.__name__, item) for item in items]
+        futures = [self._pool.submit(_worker_call, name, item) for name, item in tasks]
         for fut in tqdm(as_completed(futures), total=len(futures), desc=f"{title} ({self.jobs} jobs)",
                         disable=not self.progress):
             fut.result()
@@ -288,15 +289,25 @@ class Reproduction:
         todo = [c for c in cells if not os.path.exists(self.cell_path(c))]
         self.log(f"[reproduce] {title}: {len(cells)} runs, {len(cells) - len(todo)} done already")
         needed = {c.teacher for c in todo if c.kd}
-        self.make_teachers([s for n, s in self.teachers().items() if n in needed])
-        scores = sorted({METHOD_SCORE[c.method][0] for c in todo if c.method in METHOD_SCORE})
-        self._each(self.make_score, [n for n in scores if not os.path.exists(self.score_stem(n) + ".json")], "scores")
-        self._each(self.run_cell, todo, title)
+        self.prepare([s for n, s in self.teachers().items() if n in needed],
+                     {METHOD_SCORE[c.method][0] for c in todo if c.method in METHOD_SCORE})
+        longest_first = sorted(todo, key=lambda c: -c.fraction * c.epochs)
+        self._each([("run_cell", c) for c in longest_first], title)
         return [self.run_cell(c) for c in cells]
 
-    def make_teachers(self, specs: list[ModelSpec]) -> None:
-        todo = [s for s in specs if self.teacher_info(s) is None]
-        self._each(self.make_teacher, todo, "teachers")
+    def prepare(self, teachers: list[ModelSpec], scores) -> None:
+        """Make the ``teachers`` and ``scores`` not on disk yet: those that need no teacher side by side,
+        then the teacher scores (they read the main teacher's store)."""
+        missing = [n for n in sorted(scores) if not os.path.exists(self.score_stem(n) + ".json")]
+        if any(n.startswith("teacher-") for n in missing) and self.p.main_teacher not in teachers:
+            teachers = [self.p.main_teacher, *teachers]
+        tasks = [("make_teacher", s) for s in teachers if self.teacher_info(s) is None]
+        tasks += [("make_score", n) for n in missing if not n.startswith("teacher-")]
+        if tasks:
+            self.log("[reproduce] making " + ", ".join(f"{'teacher ' + i.name if n == 'make_teacher' else 'score ' + i}"
+                                                     for n, i in tasks))
+        self._each(tasks, "teachers and scores")
+        self._each([("make_score", n) for n in missing if n.startswith("teacher-")], "teacher scores")
 
     # -- the whole reproduction -----------------------------------------------------------------
     def alpha_at(self, method: str, fraction: float) -> float:
@@ -343,11 +354,12 @@ class Reproduction:
 
         t0 = time.perf_counter()
         with self.workers():
-            self.make_teachers([self.p.main_teacher])
+            # everything the studies read that does not wait for the alpha rule, side by side
+            self.prepare(list(self.teachers().values()),
+                         {METHOD_SCORE[m][0] for m in self.p.methods if m in METHOD_SCORE})
             self.alpha_sweep()
             write_outputs(self)
             studies = self.study_cells()
-            self.make_teachers(list(self.teachers().values()))
             self.run_cells([c for name, cells in studies.items() if name != "alpha" for c in cells], "studies")
         return write_outputs(self, total_wall_time_s=time.perf_counter() - t0)
 
