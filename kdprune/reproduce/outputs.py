@@ -406,7 +406,7 @@ def report_markdown(rep, summary, by_key, records, pngs, time_md) -> str:
     s, t = p.student, p.main_teacher
     teachers = summary["teachers"]
     m = summary["machine"]
-    where = m.get("gpu") or f"{m['processor']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads"
+    where = m.get("gpu") or f"{m['processor']}, {m['cpu_count']} CPUs, torch threads per run: {m['torch_threads']}"
     alpha_src = ("the rule fitted by this run's alpha sweep (below)" if p.alpha_source == "fit" else
                  "the rule shipped with kdprune (kdprune/loss/alpha_fit.json)")
     parts = [
