@@ -53,7 +53,7 @@ bench: install
 	for n in $$($(PY) -m kdprune bench list); do $(PY) -m kdprune bench $$n --out runs/bench || exit 1; done
 
 reproduce: install
-	$(PY) -m kdprune reproduce --preset full --jobs 2 --write-alpha-fit --copy-to docs/results/full
+	$(PY) -m kdprune reproduce --preset full --jobs 2 --threads 1 --write-alpha-fit --copy-to docs/results/full
 
 # On a CUDA machine: build the extension in place, the Triton tests at full shapes, the loss benchmark
 # against torch.compile and Liger, a ResNet-50 step; one JSON in runs/gpu-check/ (see the script's
