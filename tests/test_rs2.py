@@ -162,3 +162,32 @@ def test_cli_rs2_with_a_store_distils_at_the_auto_alpha(tmp_path, capsys):
     assert cli(["train", *common, "--rs2", "0.3", "--out", out + "2", "--subset", str(tmp_path / "none"),
                 "--no-progress"]) != 0
     assert "drop --subset" in capsys.readouterr().err
+
+
+def test_two_gloo_ranks_train_the_same_rs2_run_as_one_process(tmp_path):
+    """torchrun with 2 ranks: each epoch's subset is split into disjoint equal shards (the EL2N table,
+    reduced over ranks, has a score for exactly the epoch's subset), and the run ends with the weights
+    of one process (GroupNorm: per-sample normalisation, so the split batches add up to the whole)."""
+    import shutil
+    import subprocess
+    import sys
+
+    args = ["train", "--dataset", "synthetic", "--synthetic-samples", "96", "--rs2", "0.5", "--epochs", "3",
+            "--batch-size", "16", "--width", "4", "--norm", "group", "--log-every", "0", "--no-progress"]
+    exe = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    launcher = [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    res = subprocess.run([*launcher, "--standalone", "--nproc_per_node=2", "-m", "kdprune", *args, "--out", str(ddp)],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert cli(args + ["--out", str(single)]) == 0
+    rows = np.load(ddp / "el2n_epochs.npy")
+    rs2 = RS2Sampler(96, 0.5, seed=0)
+    for e in range(3):
+        np.testing.assert_array_equal(np.flatnonzero(~np.isnan(rows[e])), rs2.ids_for_epoch(e).ids)
+    a = torch.load(single / "model.pt", weights_only=True)
+    b = torch.load(ddp / "model.pt", weights_only=True)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    m = json.loads((ddp / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["samples_seen"] == 3 * 48 and m["steps"] == 3 * 3
