@@ -226,6 +226,7 @@ def test_fit_with_a_store_on_a_pruned_subset_in_a_plain_dataloader(tmp_path, cap
     text = out.out + out.err
     assert "alpha" in text and "keep fraction 0.5" in text  # the alpha it picked is said
     assert "epoch 1/2: train loss" in text and "epoch 2/2: train loss" in text and "| test loss" in text
+    assert "loss=" in out.err and "acc=" in out.err  # the running figures on the progress bar
     assert 0 <= history.epochs[-1]["test_accuracy"] <= 1
 
 
