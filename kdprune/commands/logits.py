@@ -15,6 +15,9 @@ def register(sub):
     p.add_argument("--augment", action="store_true",
                    help="augment even with one view (views > 1 always augment)")
     p.add_argument("--augment-seed", type=int, default=0, help="seed of the deterministic augmentation")
+    p.add_argument("--image-size", type=int, default=0,
+                   help="side in pixels of the teacher's input: images are resized and centre-cropped to it, views "
+                        "cropped to it (default 0: each image's own size; images of varied sizes need one)")
     p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
     p.add_argument("--topk", type=int, default=None, help="keep only the k largest logits per sample")
     p.add_argument("--batch-size", type=int, default=512)
@@ -39,9 +42,10 @@ def run(args):
     if args.split == "train":
         check_model(args.teacher, dataset)  # a teacher's logits on its own training set, or an error
     model = load_model(args.teacher)
-    augment = Augment(seed=args.augment_seed) if (args.views > 1 or args.augment) else None
+    size = (args.image_size, args.image_size) if args.image_size else None
+    augment = Augment(seed=args.augment_seed, out_size=size) if (args.views > 1 or args.augment) else None
     device = setup(args.device)  # under torchrun the ranks share the batches; rank 0 writes the store
-    store = write_teacher_logits(model, dataset, args.out, views=args.views, augment=augment,
+    store = write_teacher_logits(model, dataset, args.out, views=args.views, augment=augment, image_size=size,
                                  batch_size=args.batch_size, dtype=args.dtype, topk=args.topk,
                                  device=device, description=checkpoint_description(args.teacher),
                                  progress=not args.no_progress)
