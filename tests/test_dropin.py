@@ -310,3 +310,18 @@ def test_teacher_logits_shared_by_ranks(tmp_path):
         want = _net()(_data().tensors[0])
     for g in got:
         torch.testing.assert_close(g["logits"], want)
+
+
+def test_fit_out_dir_is_never_overwritten_silently(tmp_path):
+    """A run's directory holding a checkpoint is continued (resume=True), replaced (overwrite=True)
+    or refused, never silently started over."""
+    data = TensorDataset(torch.randn(64, 8), torch.arange(64) % 4)
+    loader = DataLoader(kdprune.with_ids(data), batch_size=16, sampler=kdprune.KeptIdSampler(range(64)))
+    out = tmp_path / "run"
+    kdprune.fit(torch.nn.Linear(8, 4), loader, epochs=1, out_dir=str(out), progress=False)
+    assert (out / "checkpoint.pt").exists()
+    with pytest.raises(ConfigError, match="overwrite=True"):
+        kdprune.fit(torch.nn.Linear(8, 4), loader, epochs=2, out_dir=str(out), progress=False)
+    history = kdprune.fit(torch.nn.Linear(8, 4), loader, epochs=2, out_dir=str(out), progress=False,
+                          overwrite=True)
+    assert [e["epoch"] for e in history.epochs] == [0, 1]

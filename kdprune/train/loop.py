@@ -481,8 +481,8 @@ class Trainer:
 def fit(model, loader, *, loss_fn=None, teacher=None, epochs: int | None = None, lr: float | None = None,
         optimizer: str | None = None, weight_decay: float | None = None, callbacks=(), device=None,
         eval_loader=None, progress: bool = True, desc: str = "train", config: TrainConfig | None = None,
-        out_dir: str | None = None, resume: bool = False, num_samples: int | None = None,
-        timing: bool = False, **options) -> History:
+        out_dir: str | None = None, resume: bool = False, overwrite: bool = False,
+        num_samples: int | None = None, timing: bool = False, **options) -> History:
     """Train ``model`` on ``loader``, distilling ``teacher``; returns the :class:`History`.
 
     ``loader``: a ``DataLoader`` over ``kdprune.with_ids(dataset)`` (typically with a
@@ -494,7 +494,8 @@ def fit(model, loader, *, loss_fn=None, teacher=None, epochs: int | None = None,
     every epoch. The progress bar shows the running loss and accuracy; each epoch's figures are printed.
     ``config`` (a TrainConfig) gives every option; ``epochs``, ``lr``, ``optimizer``, ``weight_decay``,
     ``device`` and any other TrainConfig field in ``options`` override it. ``device`` defaults to the
-    model's.
+    model's. ``out_dir`` keeps checkpoints there: a partial run in it is continued with ``resume=True``
+    or replaced with ``overwrite=True``, and refused otherwise.
 
     >>> import torch, kdprune
     >>> from torch.utils.data import DataLoader, TensorDataset
@@ -532,7 +533,7 @@ def fit(model, loader, *, loss_fn=None, teacher=None, epochs: int | None = None,
     evals = as_batches(eval_loader, cfg.device, need_ids=False) if eval_loader is not None else None
     trainer = Trainer(model, train, loss_fn, cfg, teacher=teacher, eval_loader=evals, callbacks=callbacks,
                       out_dir=out_dir, progress=progress, desc=desc, num_samples=num_samples, timing=timing)
-    return trainer.fit(resume=resume)
+    return trainer.fit(resume=resume, overwrite=overwrite)
 
 
 def _default_loss(teacher, fraction: float | None, progress: bool):
