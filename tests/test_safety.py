@@ -364,3 +364,14 @@ def test_a_resume_on_another_subset_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"other inputs \(subset \(--subset\): 64 ids"):
         train_run(cfg(), ds, test, other, out_dir=str(tmp_path / "r"), resume=True, progress=False)
     train_run(cfg(), ds, test, first, out_dir=str(tmp_path / "r"), resume=True, progress=False)  # the same: fine
+
+
+def test_logits_rerun_on_a_finished_store_says_so_and_changes_nothing(teacher, tmp_path):
+    args = ["logits", *DATA, "--teacher", f"{teacher}/model.pt", "--out", tmp_path / "s", "--no-progress"]
+    rc, _, err = kdprune(*args)
+    assert rc == 0, err
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "s").iterdir()}
+    rc, out, err = kdprune(*args)
+    assert rc == 0, err
+    assert "already complete" in out
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "s").iterdir()} == before

@@ -1,4 +1,6 @@
 """`kdprune logits`: run a teacher checkpoint over the training set and write its teacher store."""
+import os
+
 from kdprune.commands.common import add_data_args
 
 
@@ -8,7 +10,8 @@ def register(sub):
                                    "--views augmented views) into a memory-mapped store. Re-running the "
                                    "same command after an interruption resumes it.")
     add_data_args(p)
-    p.add_argument("--split", default="train", choices=("train", "test"))
+    p.add_argument("--split", default="train", choices=("train", "test"),
+                   help="which split's samples to run the teacher on (default train)")
     p.add_argument("--teacher", required=True, help="teacher checkpoint (model.pt with model.pt.json)")
     p.add_argument("--out", required=True, help="store directory to write")
     p.add_argument("--views", type=int, default=1, help="augmented views per sample (default 1)")
@@ -18,10 +21,11 @@ def register(sub):
     p.add_argument("--image-size", type=int, default=0,
                    help="side in pixels of the teacher's input: images are resized and centre-cropped to it, views "
                         "cropped to it (default 0: each image's own size; images of varied sizes need one)")
-    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"),
+                   help="how the logits are stored (default float16: 2 bytes a logit)")
     p.add_argument("--topk", type=int, default=None, help="keep only the k largest logits per sample")
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=512, help="samples per teacher forward pass (default 512)")
+    p.add_argument("--device", default="cpu", help="where the teacher runs: cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -44,11 +48,14 @@ def run(args):
     model = load_model(args.teacher)
     size = (args.image_size, args.image_size) if args.image_size else None
     augment = Augment(seed=args.augment_seed, out_size=size) if (args.views > 1 or args.augment) else None
+    finished = os.path.exists(args.out)  # a published store: checked against these arguments, not redone
     device = setup(args.device)  # under torchrun the ranks share the batches; rank 0 writes the store
     store = write_teacher_logits(model, dataset, args.out, views=args.views, augment=augment, image_size=size,
                                  batch_size=args.batch_size, dtype=args.dtype, topk=args.topk,
                                  device=device, description=checkpoint_description(args.teacher),
                                  progress=not args.no_progress)
     if is_main():
+        if finished:
+            print(f"kdprune: {args.out} is already complete; nothing to compute")
         print(f"{store}: dataset {dataset.name} ({dataset.fingerprint})")
     return 0
