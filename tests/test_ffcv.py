@@ -112,6 +112,21 @@ def test_an_epoch_left_early_does_not_disturb_the_next(ranks):
     assert ids_of(ffcv) == expected
 
 
+def test_a_subset_changed_between_epochs_is_served_whole(ranks):
+    """FFCV's own Loader fixes its length when it is made; a larger subset set later is not cut, and
+    comes in the order kdprune's sampler gives (the same on every backend)."""
+    from kdprune import KeptIdSampler
+    ffcv, _ = ranks[0]
+    try:
+        ffcv.set_ids(np.arange(N))
+        ffcv.set_epoch(5)
+        sampler = KeptIdSampler(np.arange(N), seed=3, distributed=(0, 2))
+        sampler.set_epoch(5)
+        assert len(ffcv) == 5 and ids_of(ffcv) == list(sampler)
+    finally:
+        ffcv.set_ids(np.array(KEPT))
+
+
 def plain_beton(folder, path: str) -> None:
     """A .beton as FFCV's ImageNet example script writes one: ``image`` and ``label`` fields."""
     with torch_threads_kept():
