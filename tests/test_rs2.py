@@ -78,6 +78,29 @@ def test_loader_serves_each_epochs_subset_and_its_length_follows_it():
     np.testing.assert_array_equal(served(loader, 2), served(loader, 2))  # order is a function of the epoch
 
 
+def test_a_loader_that_can_change_its_subset_is_built_once():
+    made, given = [], []
+
+    class Reusable(list):  # a loader with set_ids, as the FFCV one
+        def set_epoch(self, epoch):
+            pass
+
+        def set_ids(self, ids):
+            given.append(ids.ids)
+            self[:] = ids.ids
+
+    def make(ids):
+        made.append(ids.ids)
+        return Reusable(ids.ids)
+
+    rs2 = RS2Sampler(N, 0.25, seed=2)
+    loader = RS2Loader(rs2, make)
+    for e in range(4):
+        loader.set_epoch(e)
+        assert sorted(loader) == rs2.ids_for_epoch(e).ids.tolist() and len(loader) == 15
+    assert len(made) == 1 and len(given) == 3
+
+
 def test_ranks_get_disjoint_equal_shards_of_the_epoch():
     train, _ = data()
     rs2 = RS2Sampler(N, 0.25, seed=1)

@@ -121,9 +121,10 @@ class RS2Loader:
     """A training loader whose subset is RS2's subset of the current epoch.
 
     ``make_loader(ids)`` builds an ordinary loader (anything with ``len()``, ``set_epoch`` and
-    iteration, e.g. a partial of :func:`kdprune.loaders.build`) over an :class:`IndexSet`; it is called
-    again whenever :meth:`set_epoch` moves to another epoch, so ``len()`` always counts the batches of
-    the epoch being served, and each rank gets its disjoint, equal shard of that epoch's subset. The
+    iteration, e.g. a partial of :func:`kdprune.loaders.build`) over an :class:`IndexSet`. Whenever
+    :meth:`set_epoch` moves to another epoch, a loader that can change its subset (``set_ids``, as the
+    FFCV loader, whose build compiles a pipeline) is handed the new ids, and any other is built again,
+    so ``len()`` always counts the batches of the epoch being served, and each rank gets its disjoint, equal shard of that epoch's subset. The
     ids of epoch e and their order depend only on (seed, e), so a run resumed mid-epoch that skips the
     batches already trained on reads exactly the ids the interrupted run would have read.
     """
@@ -138,7 +139,11 @@ class RS2Loader:
         """Serve epoch ``epoch``: its subset, in its order."""
         epoch = int(epoch)
         if epoch != self.epoch:
-            self._loader = self.make_loader(self.sampler.ids_for_epoch(epoch))
+            ids = self.sampler.ids_for_epoch(epoch)
+            if hasattr(self._loader, "set_ids"):
+                self._loader.set_ids(ids)
+            else:
+                self._loader = self.make_loader(ids)
             self.epoch = epoch
         self._loader.set_epoch(epoch)
 
