@@ -87,3 +87,22 @@ def test_score_cost_table_is_recorded():
                                                 ("0.91 ms", 0.9134, True), ("0.0002", 0.000165, True)])
 def test_rounding_rule(printed, value, ok):
     assert shows(printed, value) is ok
+
+
+LOADER_NAMES = {"torch DataLoader": "torch", "FFCV stock": "ffcv-stock", "kdprune FFCV": "ffcv",
+                "kdprune DALI": "dali"}
+
+
+def test_loader_tables_are_recorded():
+    rows = recorded("loaders")
+    table = readme_table("### Loaders")
+    assert {t[0] for t in table} == set(LOADER_NAMES)
+    for name, per_s, vs_stock, vs_torch in table:
+        assert any(r["part"] == "throughput" and r["backend"] == LOADER_NAMES[name] and shows(per_s, r["samples_per_s"])
+                   and shows(vs_stock, r["vs_ffcv_stock"]) and shows(vs_torch, r["vs_torch"]) for r in rows), name
+    fractions = readme_table("Epoch time on a kept fraction f")
+    assert len(fractions) == 3
+    for name, *ratios in fractions:
+        for f, printed in zip(("0.5", "0.3", "0.1"), ratios):
+            assert any(r["part"] == "fraction" and r["backend"] == LOADER_NAMES[name] and float(r["fraction"]) == float(f)
+                       and shows(printed, r["ratio"]) for r in rows), (name, f)
