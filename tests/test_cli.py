@@ -64,3 +64,18 @@ def test_console_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "kdprune", "--help"], capture_output=True, text=True, check=True)
     for cmd in ("data", "pipeline"):
         assert cmd in out.stdout
+
+
+def test_every_flag_of_every_command_says_what_it_does():
+    """`kdprune COMMAND --help` explains each flag (hidden deprecated spellings aside)."""
+    import argparse
+
+    from kdprune.cli import build_parser
+
+    silent = []
+    for action in build_parser()._actions:  # argparse keeps subcommands only here
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                silent += [(name, a.option_strings or a.dest) for a in sub._actions
+                           if not isinstance(a, argparse._HelpAction) and not a.help]
+    assert not silent, f"flags without a help text: {silent}"

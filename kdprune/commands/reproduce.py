@@ -31,7 +31,7 @@ def register(sub):
                         "(the installed package is never changed)")
     p.add_argument("--copy-to", default=None, metavar="DIR",
                    help="also copy results.md, results.csv, alpha_fit.json and the plots to DIR (e.g. docs/results)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=run)
 
 
