@@ -36,7 +36,7 @@ _HELP = {
     "milestones": "step schedule: fractions of the run where the LR is multiplied by --gamma",
     "model": "cnn, resnet20/32/56, torchvision:NAME (e.g. torchvision:resnet50) or timm:NAME",
     "norm": "normalisation of kdprune's models: batch, group or none",
-    "image_size": "train crop size (0 keeps the input size)",
+    "image_size": "side in px of the training crops, and of evaluation's resize + centre crop (0: the input size; images of varied sizes need one; with a store, the store's size)",
     "checkpoint_every": "optimizer steps between mid-epoch checkpoints (0: at epoch ends)",
     "log_every": "optimizer steps between metrics.jsonl step records (0: epochs only)",
     "eval_every": "epochs between test evaluations (0: after the last only)",

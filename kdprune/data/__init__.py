@@ -46,8 +46,8 @@ def to_float(images: np.ndarray | torch.Tensor, out: np.ndarray | torch.Tensor |
     on them). Three channels keep the permuted view's channels-last strides (converted in the
     images' own byte order): an NCHW copy took 2x as long on 32 px images (a transposing copy).
 
-    ``out``: contiguous float32 memory of the images' shape ``[N, H, W, C]`` to write into (the loaders
-    pass memory they use again, ``loaders/recycle.py``); the result is then a view of it, with the
+    ``out``: contiguous float32 memory of the images' shape ``[N, H, W, C]`` to write into (the FFCV and
+    DALI loaders pass pooled memory they use again); the result is then a view of it, with the
     same values and strides as without."""
     x = torch.as_tensor(images)
     if out is not None:

@@ -24,8 +24,8 @@ NATIVE_THREADS = {"started": False}
 class ReadCounter:
     """How many times each sample was read, counted where the bytes are read or decoded.
 
-    The counts live in shared memory, so reads made in DataLoader worker processes (or in FFCV's and
-    DALI's threads) show up in the parent; tests check that ``counts`` is zero outside the kept ids.
+    The counts live in shared memory, so reads made in DataLoader worker processes (or in DALI's
+    threads; FFCV's are counted as each batch is served) show up in the parent; tests check that ``counts`` is zero outside the kept ids.
     """
 
     def __init__(self, num_samples: int):
