@@ -155,7 +155,7 @@ def build_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.M
     """Build a model by name: one of :data:`MODELS`, or ``torchvision:NAME`` / ``timm:NAME`` (behind an
     :class:`ImageNetInput` layer, so pretrained weights get the input normalisation they expect).
 
-    >>> import kdprune
+    >>> import torch, kdprune
     >>> kdprune.build_model("cnn", num_classes=10, in_channels=1, width=8)(torch.zeros(2, 1, 28, 28)).shape
     torch.Size([2, 10])
     """

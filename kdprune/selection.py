@@ -26,7 +26,16 @@ def check_fraction(fraction: float) -> float:
 
 class IndexSet:
     """Sorted unique int64 sample ids plus ``meta`` saying how they were chosen
-    (method, keep fraction, seed, class balance, dataset fingerprint, num_samples)."""
+    (method, keep fraction, seed, class balance, dataset fingerprint, num_samples).
+
+    >>> import os, tempfile, kdprune
+    >>> kept = kdprune.IndexSet([7, 2, 2, 5], {"method": "manual", "fraction": 0.3, "num_samples": 10})
+    >>> kept, kept.ids.tolist()
+    (IndexSet(3 ids, method='manual', fraction=0.3), [2, 5, 7])
+    >>> stem = os.path.join(tempfile.mkdtemp(), "kept")
+    >>> kept.save(stem); kdprune.IndexSet.load(stem).ids.tolist()
+    [2, 5, 7]
+    """
 
     def __init__(self, ids, meta: dict | None = None):
         ids = np.asarray(ids)
@@ -120,6 +129,13 @@ def prune(scores=None, fraction: float = 1.0, *, mode: str | None = None, labels
     ``scores`` may be a ScoreFile (from :func:`kdprune.load_scores`): its method and dataset
     fingerprint go into the IndexSet's meta (``scores_method``, ``scores_fingerprint``), and a
     ``dataset_fingerprint`` given as well must match it.
+
+    >>> import kdprune
+    >>> kept = kdprune.prune([0.1, 0.9, 0.4, 0.8, 0.2], fraction=0.4)  # the 2 hardest of 5
+    >>> kept, kept.ids.tolist()
+    (IndexSet(2 ids, method='hardest', fraction=0.4), [1, 3])
+    >>> kdprune.prune(labels=[0, 0, 1, 1, 1, 1], fraction=0.5, class_balanced=True, seed=3).ids.tolist()
+    [1, 2, 5]
     """
     fraction = check_fraction(fraction)
     mode = ("hardest" if scores is not None else "random") if mode is None else str(mode).lower()

@@ -325,3 +325,24 @@ def test_fit_out_dir_is_never_overwritten_silently(tmp_path):
     history = kdprune.fit(torch.nn.Linear(8, 4), loader, epochs=2, out_dir=str(out), progress=False,
                           overwrite=True)
     assert [e["epoch"] for e in history.epochs] == [0, 1]
+
+
+def test_every_public_name_has_a_runnable_example(tmp_path, monkeypatch):
+    """Each public name's docstring carries at least one doctest example, and they all pass."""
+    monkeypatch.chdir(tmp_path)
+    missing, failed = [], []
+    for name in kdprune.__all__:
+        if name == "__version__":
+            continue
+        obj = getattr(kdprune, name)
+        tests = doctest.DocTestFinder(recurse=False).find(obj, name, globs={"kdprune": kdprune})
+        if not any(t.examples for t in tests):
+            missing.append(name)
+            continue
+        runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        for t in tests:
+            runner.run(t)
+        if runner.summarize(verbose=False).failed:
+            failed.append(name)
+    assert not missing, f"public names without a docstring example: {missing}"
+    assert not failed, f"public names whose docstring examples fail: {failed}"

@@ -24,6 +24,13 @@ def load_dataset(name: str, split: str = "train", data_dir: str | None = None, *
 
     For ``synthetic``, the test split is the same task (class templates from ``seed``) with other
     samples, a sixth the size.
+
+    >>> import kdprune
+    >>> train = kdprune.load_dataset("synthetic", "train", num_samples=32)
+    >>> len(train), train.images.shape, train.labels[:5].tolist()
+    (32, (32, 28, 28, 1), [2, 1, 5, 1, 0])
+    >>> len(kdprune.load_dataset("synthetic", "test", num_samples=32))
+    10
     """
     if name == "fashion-mnist":
         return load_fashion_mnist(split, data_dir)

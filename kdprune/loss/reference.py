@@ -18,7 +18,14 @@ REDUCTIONS = ("mean", "sum", "none")
 
 class KDOutput(NamedTuple):
     """``loss`` (scalar, or [B] for ``reduction="none"``) and the detached fp32 per-sample
-    ``ce``, ``kl`` (at temperature T, without the T^2 factor) and ``el2n`` (0 on ignored rows)."""
+    ``ce``, ``kl`` (at temperature T, without the T^2 factor) and ``el2n`` (0 on ignored rows).
+
+    >>> import torch, kdprune
+    >>> student, teacher = torch.tensor([[1., 0, 0], [0, 0, 1]]), torch.tensor([[2., 0, 0], [0, 2, 0]])
+    >>> out = kdprune.kd_loss(student, teacher, torch.tensor([0, 2]), alpha=0.5, temperature=2.0)
+    >>> out.loss, out.kl
+    (tensor(0.5198), tensor([0.0310, 0.2131]))
+    """
 
     loss: torch.Tensor
     ce: torch.Tensor

@@ -47,7 +47,14 @@ def check_scores(scores, what: str = "scores", dtype=np.float32) -> np.ndarray:
 
 def save_scores(stem: str, scores, meta: dict) -> None:
     """Write ``stem.npy`` (float32[N]) and ``stem.json`` (``meta`` + ``num_samples``), each atomically.
-    NaN or infinite scores are refused."""
+    NaN or infinite scores are refused.
+
+    >>> import os, tempfile, kdprune
+    >>> folder = tempfile.mkdtemp()
+    >>> kdprune.save_scores(os.path.join(folder, "el2n"), [0.5, 0.125, 2.0], {"method": "el2n"})
+    >>> sorted(os.listdir(folder))
+    ['el2n.json', 'el2n.npy']
+    """
     stem = _stem(stem)
     scores = check_scores(scores)
     meta = {**meta, "num_samples": int(len(scores)), "dtype": "float32", "orientation": "higher = harder"}
@@ -64,6 +71,13 @@ def load_scores(stem: str, expect_fingerprint: str | None = None,
     Raises :class:`~kdprune.errors.DataError` when a file is missing or unreadable, when the sizes of
     the ``.npy`` and the ``.json`` disagree, when a score is NaN/inf, or when ``expect_fingerprint`` /
     ``expect_num_samples`` name another dataset than the one the scores were computed on.
+
+    >>> import os, tempfile, kdprune
+    >>> stem = os.path.join(tempfile.mkdtemp(), "el2n")
+    >>> kdprune.save_scores(stem, [0.5, 0.125, 2.0], {"method": "el2n", "dataset_fingerprint": "abc"})
+    >>> loaded = kdprune.load_scores(stem, expect_fingerprint="abc", expect_num_samples=3)
+    >>> loaded.scores.tolist(), loaded.meta["method"], loaded.meta["num_samples"]
+    ([0.5, 0.125, 2.0], 'el2n', 3)
     """
     stem = _stem(stem)
     for ext in (".npy", ".json"):

@@ -33,7 +33,13 @@ from kdprune.selection import IndexSet, check_fraction
 
 
 class RS2Sampler:
-    """Per-epoch random subsets without replacement across epochs, deterministic by (seed, epoch)."""
+    """Per-epoch random subsets without replacement across epochs, deterministic by (seed, epoch).
+
+    >>> import kdprune
+    >>> rs2 = kdprune.RS2Sampler(10, fraction=0.3, seed=0)
+    >>> [rs2.ids_for_epoch(epoch).ids.tolist() for epoch in range(4)]  # epochs 0-2 serve 9 distinct ids
+    [[2, 4, 6], [3, 5, 7], [0, 8, 9], [1, 3, 9]]
+    """
 
     def __init__(self, num_samples: int, fraction: float, seed: int = 0, dataset_fingerprint: str | None = None):
         if num_samples < 1:

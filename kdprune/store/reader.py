@@ -28,7 +28,16 @@ from kdprune.store.writer import StoreWriter
 
 
 class TeacherStore:
-    """Teacher logits per sample (and per augmented view), memory-mapped; see docs/store-format.md."""
+    """Teacher logits per sample (and per augmented view), memory-mapped; see docs/store-format.md.
+
+    >>> import os, tempfile, torch, kdprune
+    >>> path = os.path.join(tempfile.mkdtemp(), "store")
+    >>> with kdprune.TeacherStore.create(path, num_samples=4, num_classes=3, dtype="float32") as writer:
+    ...     writer.write([0, 1, 2, 3], torch.arange(12.).reshape(4, 3))
+    >>> kdprune.TeacherStore.open(path).gather(torch.tensor([3, 1]))
+    tensor([[ 9., 10., 11.],
+            [ 3.,  4.,  5.]])
+    """
 
     def __init__(self, path: str, header: dict):
         self.path = path
