@@ -21,7 +21,7 @@ _EXPORTS = {
     "compute_score": "kdprune.train.scoring",
     "save_scores": "kdprune.scores",
     "load_scores": "kdprune.scores",
-    "RS2Sampler": "kdprune.scores.rs2",
+    "RS2Sampler": "kdprune.loaders.rs2",
     "convert": "kdprune.loaders.converted",
     "with_ids": "kdprune.dropin",
     "KeptIdSampler": "kdprune.dropin",

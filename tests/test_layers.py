@@ -16,8 +16,6 @@ PLACE = {
     "kdprune.data": "data",
     "kdprune.store": "store",
     "kdprune.scores": "scores",
-    # RS2 draws each epoch's subset and serves it through a loader: a sampler, on the loaders layer
-    "kdprune.scores.rs2": "loaders",
     "kdprune.selection": "selection",
     "kdprune.loaders": "loaders",
     "kdprune.dropin": "loaders",     # with_ids, KeptIdSampler: the drop-in halves of a loader

@@ -17,7 +17,7 @@ from kdprune.cli import main as cli
 from kdprune.data import synthetic
 from kdprune.errors import ConfigError
 from kdprune.loaders import build
-from kdprune.scores.rs2 import RS2Loader, RS2Sampler
+from kdprune.loaders.rs2 import RS2Loader, RS2Sampler
 from kdprune.train import TrainConfig, train_run
 from kdprune.train import checkpoint as ckpt
 

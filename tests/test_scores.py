@@ -12,7 +12,7 @@ from kdprune import compute_score
 from kdprune.scores import load_scores, save_scores
 from kdprune.scores.grand import grand_last_layer, grand_scores
 from kdprune.scores.prototypes import kmeans, prototype_scores
-from kdprune.scores.rs2 import RS2Sampler
+from kdprune.loaders.rs2 import RS2Sampler
 from kdprune.scores.teacher import scores_from_logits
 
 

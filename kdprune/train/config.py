@@ -60,7 +60,7 @@ class TrainConfig:
     grad_accum: int = 1
     ema: float = 0.0  # EMA decay per optimizer step; 0 = off
     sync_bn: bool = False
-    rs2: float = 0.0  # RS2: a fresh random fraction of the data each epoch (0 = off; see kdprune.scores.rs2)
+    rs2: float = 0.0  # RS2: a fresh random fraction of the data each epoch (0 = off; see kdprune.loaders.rs2)
     loader: str = "torch"  # torch | ffcv | dali
     workers: int = 2  # decoding processes/threads of folder, FFCV and DALI loaders
     eval_batch_size: int = 512

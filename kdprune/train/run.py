@@ -53,7 +53,7 @@ def _loaders(cfg: TrainConfig, train_set, test_set, ids, store, device, per_rank
                      device=device, augment=augment, views=views, **extra(train_set, sources[0], cfg.loader))
 
     if cfg.rs2:  # a fresh subset each epoch: the loader is rebuilt for it, so its length follows it
-        from kdprune.scores.rs2 import RS2Loader, RS2Sampler
+        from kdprune.loaders.rs2 import RS2Loader, RS2Sampler
         rs2 = RS2Sampler(len(train_set), cfg.rs2, seed=cfg.seed, dataset_fingerprint=train_set.fingerprint)
         train = RS2Loader(rs2, train_loader)
     else:
@@ -206,7 +206,7 @@ def train_run(cfg: TrainConfig, train_set, test_set, ids=None, *, store=None, ke
     means "auto" when the run has a teacher (a store, or a teacher model) and 0 when it has none. ``sources`` =
     (train, test) paths of converted copies for ``cfg.loader`` ``ffcv``/``dali`` (test may be None).
     ``cfg.rs2`` > 0 trains each epoch on a fresh RS2 subset of that fraction of ``train_set``
-    (:mod:`kdprune.scores.rs2`; ``ids`` must then be None).
+    (:mod:`kdprune.loaders.rs2`; ``ids`` must then be None).
     """
     from kdprune.loss import KDLoss
     from kdprune.models import build_model, model_kwargs, save_model
