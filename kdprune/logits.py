@@ -27,7 +27,7 @@ __all__ = ["write_teacher_logits"]
 @torch.no_grad()
 def write_teacher_logits(teacher: torch.nn.Module, dataset, path, *, views: int = 1, augment=None,
                          batch_size: int = 256, device="cpu", dtype: str = "float16", topk: int | None = None,
-                         num_classes: int | None = None, workers: int = 0, description: dict | None = None,
+                         num_classes: int | None = None, workers: int = 2, description: dict | None = None,
                          dataset_fingerprint: str | None = None, chunk_rows: int | None = None, distributed=None,
                          image_size=None, progress: bool = True) -> TeacherStore:
     """Run ``teacher`` over every sample of ``dataset`` and store its logits at ``path``; returns the
@@ -37,8 +37,11 @@ def write_teacher_logits(teacher: torch.nn.Module, dataset, path, *, views: int 
     sample ``i``: ``augment.apply(x, v, [i])``, default :class:`~kdprune.data.Augment`); a training run
     replays view ``epoch % views``. ``dtype`` (``float16``, ``bfloat16``, ``float32``) and ``topk`` (keep
     the k largest logits per sample) set the store's size. ``num_classes`` defaults to the dataset's
-    ``num_classes`` or the width of the teacher's output. ``workers``: DataLoader processes reading a
-    dataset that is not held in memory. ``description``: a JSON description of the teacher recorded in
+    ``num_classes`` or the width of the teacher's output. ``workers`` (default 2): DataLoader processes
+    that read and decode the batches (and crop their views) of a dataset not held in memory -- a kdprune
+    JPEG folder goes through kdprune's torch loader over the missing ids in order -- while this process
+    runs the teacher and writes the rows; 0 reads in this process; in-memory datasets ignore it.
+    ``description``: a JSON description of the teacher recorded in
     the store (default: its class and a hash of its weights, so a resume with other weights is
     refused). ``dataset_fingerprint`` defaults to :func:`kdprune.fingerprint` of the dataset. Under
     torchrun (an initialised process group; ``distributed=False`` turns it off) every rank calls it and
@@ -136,14 +139,18 @@ class _Inputs:
         self.dataset, self.workers, self.image_size = dataset, int(workers), image_size
 
     def first(self) -> torch.Tensor:
-        return next(self.batches(np.arange(1), 1))[1]
+        return next(_Inputs(self.dataset, 0, self.image_size).batches(np.arange(1), 1))[1]
 
     def batches(self, ids: np.ndarray, batch_size: int, augment=None, view: int = 0):
         """``(ids, x)`` batches, ``x`` view ``view`` of ``augment`` (the unaugmented input without)."""
         from kdprune.data.augment import crop_batch
 
         ds = self.dataset
+        ids = np.asarray(ids, dtype=np.int64)
         kdprune_set = hasattr(ds, "fingerprint") and (hasattr(ds, "images") or hasattr(ds, "decode"))
+        if kdprune_set and hasattr(ds, "decode") and not hasattr(ds, "images") and self.workers > 0:
+            yield from self._loader_batches(ids, batch_size, augment, view)
+            return
         if kdprune_set:  # in memory, or a JPEG folder decoded at each image's own size
             for start in range(0, len(ids), batch_size):
                 batch = ids[start:start + batch_size]
@@ -151,11 +158,34 @@ class _Inputs:
                 yield batch, crop_batch(images, batch, augment=augment, view=view, image_size=self.image_size,
                                         where=ds.name)
             return
+        if not len(ids):
+            return
         slices = [ids[s:s + batch_size].tolist() for s in range(0, len(ids), batch_size)]
-        loader = torch.utils.data.DataLoader(WithIds(ds), batch_sampler=slices, num_workers=self.workers,
+        workers = 0 if isinstance(ds, torch.utils.data.TensorDataset) else self.workers  # in memory already
+        loader = torch.utils.data.DataLoader(WithIds(ds), batch_sampler=slices, num_workers=workers,
                                              collate_fn=_collate_inputs)
         for x, batch in loader:
             yield batch, (augment.apply(x, view, batch) if augment is not None else x)
+
+    def _loader_batches(self, ids: np.ndarray, batch_size: int, augment, view: int):
+        """A kdprune dataset decoded by kdprune's torch loader (``workers`` DataLoader processes, each
+        batch's crop made there with ``crop_batch``, as the training loaders make it), ``ids`` served in
+        order so the store's chunks complete, and are committed, as the rows arrive."""
+        from kdprune.loaders import build
+
+        if not len(ids):
+            return
+        loader = build("torch", self.dataset, ids, batch_size=batch_size, train=False, distributed=False,
+                       workers=self.workers, views=None, image_size=self.image_size)
+        # an evaluation loader serves the ids in order; it crops view ``epoch`` (views=None) of its augment,
+        # set here (a training loader would shuffle the order, and a store's chunks would complete late)
+        loader.augment = augment
+        loader.set_epoch(view)
+        try:
+            for b in loader:
+                yield b.ids.numpy(), b.x
+        finally:
+            loader._loader = None  # shut its persistent workers down now, not at garbage collection
 
 
 def _collate_inputs(items):

@@ -99,3 +99,29 @@ def test_original_size_jpegs_train_on_the_converted_loaders(loader, tmp_path):
                 "--out", str(tmp_path / "student")]) == 0
     m = json.loads((tmp_path / "student" / "metrics.json").read_text())
     assert m["kept"] == 24 and m["config"]["loader"] == loader and 0.0 <= m["test_accuracy"] <= 1.0
+
+
+def test_teacher_logits_decoded_in_workers_equal_the_main_process(tmp_path):
+    """`write_teacher_logits(workers=2)` decodes a varied-size JPEG folder (and crops its views) in
+    kdprune's torch loader's worker processes: the stored logits are those of `workers=0`, which
+    decodes in this process, view by view."""
+    import torch
+
+    import kdprune
+    from kdprune.data import Augment
+    from kdprune.data.folder import load_folder_split
+
+    write_jpeg_folder(tmp_path / "jpegs" / "train", 37, 4, size=(20, 40), seed=2)
+    data = load_folder_split(tmp_path / "jpegs", "train")
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                  torch.nn.Linear(4, 4))
+    aug, size = Augment(seed=5, out_size=(16, 16)), (16, 16)
+    stores = [kdprune.write_teacher_logits(teacher, data, tmp_path / f"w{w}", views=2, augment=aug, image_size=size,
+                                           batch_size=8, dtype="float32", workers=w, progress=False)
+              for w in (0, 2)]
+    ids = torch.arange(len(data))
+    for view in range(2):
+        torch.testing.assert_close(stores[1].gather(ids, view=view), stores[0].gather(ids, view=view),
+                                   rtol=0, atol=0)
+    assert not torch.equal(stores[0].gather(ids, view=0), stores[0].gather(ids, view=1))

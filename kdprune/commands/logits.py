@@ -25,6 +25,9 @@ def register(sub):
                    help="how the logits are stored (default float16: 2 bytes a logit)")
     p.add_argument("--topk", type=int, default=None, help="keep only the k largest logits per sample")
     p.add_argument("--batch-size", type=int, default=512, help="samples per teacher forward pass (default 512)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="DataLoader processes that decode the images and crop the views while the teacher runs "
+                        "(default 2; 0 decodes in the main process)")
     p.add_argument("--device", default="cpu", help="where the teacher runs: cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
@@ -42,6 +45,8 @@ def run(args):
 
     if args.views < 1:
         raise ConfigError(f"--views must be >= 1, got {args.views}")
+    if args.workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {args.workers}")
     dataset = load_from_args(args, args.split)
     if args.split == "train":
         check_model(args.teacher, dataset)  # a teacher's logits on its own training set, or an error
@@ -52,7 +57,7 @@ def run(args):
     device = setup(args.device)  # under torchrun the ranks share the batches; rank 0 writes the store
     store = write_teacher_logits(model, dataset, args.out, views=args.views, augment=augment, image_size=size,
                                  batch_size=args.batch_size, dtype=args.dtype, topk=args.topk,
-                                 device=device, description=checkpoint_description(args.teacher),
+                                 workers=args.workers, device=device, description=checkpoint_description(args.teacher),
                                  progress=not args.no_progress)
     if is_main():
         if finished:
