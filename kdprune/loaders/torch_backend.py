@@ -15,6 +15,9 @@ An error raised while reading or collating a batch in a worker reaches the calle
 """
 from __future__ import annotations
 
+import pickle
+import threading
+
 import numpy as np
 import torch
 
@@ -129,6 +132,22 @@ class _EpochBatches(torch.utils.data.Sampler):
             yield [(int(i), view) for i in order[start:start + bs]]
 
 
+def _start_method(workers: int, *parts) -> str | None:
+    """How the DataLoader starts its workers: fork (the default) while this process runs one thread,
+    spawn once other threads run (FFCV's or DALI's native threads, the trainer's teacher thread, a
+    progress bar's monitor). A fork taken while another thread holds one of the interpreter's own
+    locks leaves the child waiting on it for ever: seen on CPython 3.11.7, where a forked worker hung in
+    ``PyOS_AfterFork_Child`` (CPython issue gh-112275, fixed in later releases) and its rank stopped
+    serving. Spawned workers unpickle the dataset; one that does not pickle keeps fork."""
+    if workers == 0 or (threading.active_count() == 1 and not NATIVE_THREADS["started"]):
+        return None
+    try:
+        pickle.dumps(parts)
+    except Exception:  # noqa: BLE001 - any pickling failure: fork is the only way to hand it over
+        return None
+    return "spawn"
+
+
 class DatasetLoader(KeptIdLoader):
     """A DataLoader with ``workers`` processes over the kept ids of a map-style dataset."""
 
@@ -139,13 +158,12 @@ class DatasetLoader(KeptIdLoader):
 
     def _data_loader(self):
         if self._loader is None:  # built once: persistent workers keep start-up out of every epoch
-            # forking after FFCV's or DALI's native threads started can deadlock the workers: spawn then
-            context = "spawn" if NATIVE_THREADS["started"] and self.workers > 0 else None
+            samples = _Samples(self.dataset, self.counter, self.name)
+            collate = _Collate(self.augment, self.image_size, self.name)
             self._loader = torch.utils.data.DataLoader(
-                _Samples(self.dataset, self.counter, self.name), batch_sampler=_EpochBatches(self),
-                num_workers=self.workers, collate_fn=_Collate(self.augment, self.image_size, self.name),
+                samples, batch_sampler=_EpochBatches(self), num_workers=self.workers, collate_fn=collate,
                 persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers > 0 else None,
-                multiprocessing_context=context)
+                multiprocessing_context=_start_method(self.workers, samples, collate))
         return self._loader
 
     def __iter__(self):
