@@ -185,7 +185,7 @@ class _Inputs:
             for b in loader:
                 yield b.ids.numpy(), b.x
         finally:
-            loader._loader = None  # shut its persistent workers down now, not at garbage collection
+            loader.close()
 
 
 def _collate_inputs(items):

@@ -156,6 +156,11 @@ class DatasetLoader(KeptIdLoader):
         super().__init__(len(dataset), ids, **kwargs)
         self._loader = None
 
+    def close(self) -> None:
+        """Stop the persistent worker processes now rather than when the loader is garbage-collected;
+        the next iteration starts new ones."""
+        self._loader = None
+
     def _data_loader(self):
         if self._loader is None:  # built once: persistent workers keep start-up out of every epoch
             samples = _Samples(self.dataset, self.counter, self.name)
