@@ -29,7 +29,7 @@ def write_teacher_logits(teacher: torch.nn.Module, dataset, path, *, views: int 
                          batch_size: int = 256, device="cpu", dtype: str = "float16", topk: int | None = None,
                          num_classes: int | None = None, workers: int = 2, description: dict | None = None,
                          dataset_fingerprint: str | None = None, chunk_rows: int | None = None, distributed=None,
-                         image_size=None, progress: bool = True) -> TeacherStore:
+                         image_size=None, loader: str = "torch", converted=None, progress: bool = True) -> TeacherStore:
     """Run ``teacher`` over every sample of ``dataset`` and store its logits at ``path``; returns the
     opened store (``store.gather(ids)`` reads them back by sample id).
 
@@ -41,6 +41,9 @@ def write_teacher_logits(teacher: torch.nn.Module, dataset, path, *, views: int 
     that read and decode the batches (and crop their views) of a dataset not held in memory -- a kdprune
     JPEG folder goes through kdprune's torch loader over the missing ids in order -- while this process
     runs the teacher and writes the rows; 0 reads in this process; in-memory datasets ignore it.
+    ``loader`` (``"torch"``, ``"ffcv"`` or ``"dali"``): the loader backend that decodes and crops;
+    FFCV and DALI read ``converted``, the dataset converted by :func:`kdprune.convert` (checked against
+    the dataset), with ``workers`` threads, and crop the same views as the torch backend.
     ``description``: a JSON description of the teacher recorded in
     the store (default: its class and a hash of its weights, so a resume with other weights is
     refused). ``dataset_fingerprint`` defaults to :func:`kdprune.fingerprint` of the dataset. Under
@@ -72,17 +75,26 @@ def write_teacher_logits(teacher: torch.nn.Module, dataset, path, *, views: int 
     kwargs = dict(views=views, dtype=dtype, topk=topk, dataset_fingerprint=fp, dataset_name=dataset_name(source),
                   teacher=description if description is not None else describe_model(teacher), augment=augment,
                   input_size=image_size)  # recorded in the store, so training replays the same inputs
-    inputs = _Inputs(source, workers, image_size)
+    inputs = _Inputs(source, workers, image_size, loader, converted)
     if num_classes is None:
         num_classes = getattr(source, "num_classes", None) or _output_width(teacher, inputs, device)
     existing = _published(path, len(source), num_classes, chunk_rows, kwargs)
     if existing is not None:
         return existing
     rank, world = resolve_distributed(distributed)
-    if world > 1:
-        return _write_sharded(teacher, inputs, path, len(source), num_classes, chunk_rows, kwargs, batch_size,
-                              device, progress, rank, world)
-    writer = TeacherStore.create(path, len(source), num_classes, chunk_rows=chunk_rows, **kwargs)
+    with inputs:
+        if world > 1:
+            return _write_sharded(teacher, inputs, path, len(source), num_classes, chunk_rows, kwargs, batch_size,
+                                  device, progress, rank, world)
+        return _write(teacher, inputs, path, len(source), num_classes, chunk_rows, kwargs, batch_size, device,
+                      progress)
+
+
+def _write(teacher, inputs, path, num_samples, num_classes, chunk_rows, kwargs, batch_size, device,
+           progress) -> TeacherStore:
+    """One process computes and writes every missing row, view by view, ids in order."""
+    augment, views = kwargs["augment"], kwargs["views"]
+    writer = TeacherStore.create(path, num_samples, num_classes, chunk_rows=chunk_rows, **kwargs)
     with writer:
         todo = [(v, writer.missing(v)) for v in range(views)]
         bar = _bar(sum(len(ids) for _, ids in todo), progress, resumed=writer.resumed, name=kwargs["dataset_name"])
@@ -92,7 +104,7 @@ def write_teacher_logits(teacher: torch.nn.Module, dataset, path, *, views: int 
                 writer.write(batch, teacher(x).float().cpu(), view=view)
                 bar.update(len(batch))
         bar.close()
-    return TeacherStore.open(path, expect_fingerprint=fp)
+    return TeacherStore.open(path, expect_fingerprint=kwargs["dataset_fingerprint"])
 
 
 def _write_sharded(teacher, inputs, path, num_samples, num_classes, chunk_rows, kwargs, batch_size, device,
@@ -126,17 +138,38 @@ def _write_sharded(teacher, inputs, path, num_samples, num_classes, chunk_rows, 
                     if part is not None:
                         writer.write(part[0], part[1], view=view)
                         bar.update(len(part[0]))
+            batches.close()  # a rank with a full last round has not run its loader's epoch to the end
         bar.close()
     dist.barrier()  # rank 0 has published the store
     return TeacherStore.open(path, expect_fingerprint=kwargs["dataset_fingerprint"])
 
 
 class _Inputs:
-    """The teacher's input batches of given ids: a kdprune dataset is indexed (in memory) or decoded
-    (a JPEG folder) directly; any other dataset is read through a DataLoader over those ids."""
+    """The teacher's input batches of given ids: read by a kdprune loader (an FFCV or DALI conversion,
+    or a kdprune JPEG folder with torch workers), indexed (in memory), decoded in this process, or, for
+    any other dataset, read through a DataLoader over those ids. A context manager: leaving it stops
+    the loader's workers."""
 
-    def __init__(self, dataset, workers: int, image_size=None):
+    def __init__(self, dataset, workers: int, image_size=None, loader: str = "torch", converted=None):
+        from kdprune.loaders import BACKENDS
+
+        if loader not in BACKENDS:
+            raise ConfigError(f"unknown loader backend {loader!r}; choose one of {', '.join(BACKENDS)}")
+        if loader != "torch" and converted is None:
+            raise ConfigError(f"the {loader} loader reads a converted copy of the dataset: make it with "
+                              f"`kdprune convert --format {loader} --out PATH` (or kdprune.convert) and pass "
+                              "its path (--converted PATH, or converted=PATH)")
         self.dataset, self.workers, self.image_size = dataset, int(workers), image_size
+        self.backend, self.converted = loader, converted
+        self._loader = None  # the kdprune loader, made on first use and kept for every view
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._loader is not None:
+            self._loader.close()
+            self._loader = None
 
     def first(self) -> torch.Tensor:
         return next(_Inputs(self.dataset, 0, self.image_size).batches(np.arange(1), 1))[1]
@@ -148,7 +181,8 @@ class _Inputs:
         ds = self.dataset
         ids = np.asarray(ids, dtype=np.int64)
         kdprune_set = hasattr(ds, "fingerprint") and (hasattr(ds, "images") or hasattr(ds, "decode"))
-        if kdprune_set and hasattr(ds, "decode") and not hasattr(ds, "images") and self.workers > 0:
+        folder = kdprune_set and hasattr(ds, "decode") and not hasattr(ds, "images")
+        if self.backend != "torch" or (folder and self.workers > 0):
             yield from self._loader_batches(ids, batch_size, augment, view)
             return
         if kdprune_set:  # in memory, or a JPEG folder decoded at each image's own size
@@ -168,24 +202,25 @@ class _Inputs:
             yield batch, (augment.apply(x, view, batch) if augment is not None else x)
 
     def _loader_batches(self, ids: np.ndarray, batch_size: int, augment, view: int):
-        """A kdprune dataset decoded by kdprune's torch loader (``workers`` DataLoader processes, each
-        batch's crop made there with ``crop_batch``, as the training loaders make it), ``ids`` served in
-        order so the store's chunks complete, and are committed, as the rows arrive."""
+        """The batches of a kdprune loader: the torch backend's ``workers`` DataLoader processes, or
+        FFCV's or DALI's threads over the converted copy, each batch cropped there as the training
+        loaders crop it. ``ids`` are served in order (``shuffle=False``), so the store's chunks complete,
+        and are committed, as the rows arrive; view ``view`` is epoch ``view`` of a loader with
+        ``views=None``. One loader serves every view (``set_ids``), so workers start and FFCV compiles once."""
         from kdprune.loaders import build
 
         if not len(ids):
             return
-        loader = build("torch", self.dataset, ids, batch_size=batch_size, train=False, distributed=False,
-                       workers=self.workers, views=None, image_size=self.image_size)
-        # an evaluation loader serves the ids in order; it crops view ``epoch`` (views=None) of its augment,
-        # set here (a training loader would shuffle the order, and a store's chunks would complete late)
-        loader.augment = augment
-        loader.set_epoch(view)
-        try:
-            for b in loader:
-                yield b.ids.numpy(), b.x
-        finally:
-            loader.close()
+        if self._loader is None:
+            where = {"path": self.converted} if self.backend != "torch" else {}
+            self._loader = build(self.backend, self.dataset, ids, batch_size=batch_size, train=True, shuffle=False,
+                                 distributed=False, workers=self.workers, augment=augment, views=None,
+                                 image_size=self.image_size, **where)
+        else:
+            self._loader.set_ids(ids)
+        self._loader.set_epoch(view)
+        for b in self._loader:
+            yield b.ids.numpy(), b.x
 
 
 def _collate_inputs(items):

@@ -167,6 +167,28 @@ def test_training_crop_is_the_store_view_on_every_backend(backend, name, data):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_unshuffled_training_serves_the_ids_in_order_and_set_ids_swaps_them(backend, data):
+    """``shuffle=False``, as writing teacher logits reads: the ids in the order given, each cropped to
+    the training view ``epoch`` (``views=None``) of the augmentation; ``set_ids`` then serves another
+    subset from the same loader (its workers, and FFCV's compiled pipeline, kept)."""
+    source = data["folder"]["source"]
+    augment = Augment(seed=7, out_size=(16, 16))
+    subsets = {2: np.arange(0, 60, 3), 5: np.arange(1, 60, 2)}
+    loader = make(backend, data, "folder", subsets[2], augment=augment, views=None, shuffle=False, batch_size=8)
+    for epoch, ids in subsets.items():
+        loader.set_ids(ids)
+        loader.set_epoch(epoch)
+        batches = list(loader)
+        assert torch.cat([b.ids for b in batches]).tolist() == ids.tolist()
+        x = torch.cat([b.x for b in batches])
+        expected = crop_batch(decoded(source, ids), ids, augment=augment, view=epoch)
+        if backend == "ffcv":  # re-encoded JPEGs: the same boxes up to JPEG noise
+            assert (x - expected).abs().mean() < 0.05
+        else:
+            torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_short_epoch_left_early_does_not_stall_the_next(backend, data):
     """Epochs left after their first batch (the library has decoded ahead and may be waiting to hand
     over the rest); the next epoch must still start and serve everything. Run in a thread, so that a

@@ -50,7 +50,8 @@ def test_imagenet_recipe_end_to_end(tmp_path):
     assert cli(["teacher", *data, "--config", CONFIG, *SMALL, "--epochs", "1", "--amp", "none", "--out", str(tmp_path / "teacher")]) == 0
     # 2. its logits on 2 augmented views of every training image
     assert cli(["logits", *data, "--teacher", str(tmp_path / "teacher" / "model.pt"), "--views", "2",
-                "--image-size", "16", "--batch-size", "16", "--no-progress", "--out", str(tmp_path / "logits")]) == 0
+                "--loader", loader, "--converted", conv["train"], "--workers", "1", "--image-size", "16",
+                "--batch-size", "16", "--no-progress", "--out", str(tmp_path / "logits")]) == 0
     # 3. keep the harder half by the EL2N the teacher's own training steps recorded (a score file)
     assert cli(["prune", *data, "--scores", str(tmp_path / "teacher" / "el2n"), "--fraction", "0.5",
                 "--out", str(tmp_path / "kept")]) == 0
@@ -81,7 +82,8 @@ def test_imagenet_recipe_end_to_end(tmp_path):
 @pytest.mark.parametrize("loader", ["dali", "ffcv"])
 def test_original_size_jpegs_train_on_the_converted_loaders(loader, tmp_path):
     """The same folder of original-size JPEGs converted from the CLI and read by the FFCV or DALI
-    backend: teacher -> logits (2 views) -> student distilling the stored views, one epoch each."""
+    backend at every step: teacher -> logits (2 views, decoded by that backend) -> student distilling
+    the stored views, one epoch each."""
     root = tmp_path / "imagenet"
     write_jpeg_folder(root / "train", 24, 4, size=(20, 40), seed=0)
     write_jpeg_folder(root / "val", 8, 4, size=(20, 40), seed=1)
@@ -94,7 +96,8 @@ def test_original_size_jpegs_train_on_the_converted_loaders(loader, tmp_path):
             "--amp", "none"]
     assert cli(["teacher", *data, "--config", CONFIG, *fast, "--out", str(tmp_path / "teacher")]) == 0
     assert cli(["logits", *data, "--teacher", str(tmp_path / "teacher" / "model.pt"), "--views", "2",
-                "--image-size", "16", "--batch-size", "16", "--no-progress", "--out", str(tmp_path / "logits")]) == 0
+                "--loader", loader, "--converted", conv["train"], "--workers", "1", "--image-size", "16",
+                "--batch-size", "16", "--no-progress", "--out", str(tmp_path / "logits")]) == 0
     assert cli(["train", *data, "--config", CONFIG, *fast, "--store", str(tmp_path / "logits"),
                 "--out", str(tmp_path / "student")]) == 0
     m = json.loads((tmp_path / "student" / "metrics.json").read_text())
@@ -125,3 +128,35 @@ def test_teacher_logits_decoded_in_workers_equal_the_main_process(tmp_path):
         torch.testing.assert_close(stores[1].gather(ids, view=view), stores[0].gather(ids, view=view),
                                    rtol=0, atol=0)
     assert not torch.equal(stores[0].gather(ids, view=0), stores[0].gather(ids, view=1))
+
+
+@pytest.mark.parametrize("loader", ["dali", "ffcv"])
+def test_teacher_logits_decoded_by_dali_and_ffcv_equal_the_torch_loaders(loader, tmp_path):
+    """`write_teacher_logits(loader=..., converted=...)` decodes and crops the views in DALI's or
+    FFCV's threads: the same views, so the same logits as the torch backend's (DALI: to float
+    rounding; FFCV stores re-encoded JPEGs, so up to JPEG noise, far nearer the same view than the other)."""
+    import torch
+
+    import kdprune
+    from kdprune.data import Augment
+    from kdprune.data.folder import load_folder_split
+
+    write_jpeg_folder(tmp_path / "jpegs" / "train", 37, 4, size=(20, 40), seed=2)
+    data = load_folder_split(tmp_path / "jpegs", "train")
+    converted = tmp_path / ("train.beton" if loader == "ffcv" else "train_dali")
+    kdprune.convert(data, loader, converted, workers=1)
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                  torch.nn.Linear(4, 4))
+    common = dict(views=2, augment=Augment(seed=5, out_size=(16, 16)), image_size=(16, 16), batch_size=8,
+                  dtype="float32", workers=1, progress=False)
+    ours = kdprune.write_teacher_logits(teacher, data, tmp_path / loader, loader=loader, converted=converted, **common)
+    torch_store = kdprune.write_teacher_logits(teacher, data, tmp_path / "torch", **common)
+    ids = torch.arange(len(data))
+    for view in range(2):
+        got, want = ours.gather(ids, view=view), torch_store.gather(ids, view=view)
+        if loader == "dali":
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+        else:
+            other = torch_store.gather(ids, view=1 - view)
+            assert (got - want).abs().mean() * 3 < (got - other).abs().mean()

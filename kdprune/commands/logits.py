@@ -2,6 +2,7 @@
 import os
 
 from kdprune.commands.common import add_data_args
+from kdprune.registry import LOADER_BACKENDS
 
 
 def register(sub):
@@ -26,8 +27,13 @@ def register(sub):
     p.add_argument("--topk", type=int, default=None, help="keep only the k largest logits per sample")
     p.add_argument("--batch-size", type=int, default=512, help="samples per teacher forward pass (default 512)")
     p.add_argument("--workers", type=int, default=2,
-                   help="DataLoader processes that decode the images and crop the views while the teacher runs "
-                        "(default 2; 0 decodes in the main process)")
+                   help="processes (torch) or threads (ffcv, dali) that decode the images and crop the views while "
+                        "the teacher runs (default 2; 0 decodes in the main process with torch)")
+    p.add_argument("--loader", default="torch", choices=LOADER_BACKENDS.names(),
+                   help="loader backend that decodes the images and crops the views (default torch); ffcv and "
+                        "dali read --converted")
+    p.add_argument("--converted", metavar="PATH", default=None,
+                   help="the split converted for --loader ffcv/dali (`kdprune convert --format ffcv|dali`)")
     p.add_argument("--device", default="cpu", help="where the teacher runs: cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
@@ -57,8 +63,8 @@ def run(args):
     device = setup(args.device)  # under torchrun the ranks share the batches; rank 0 writes the store
     store = write_teacher_logits(model, dataset, args.out, views=args.views, augment=augment, image_size=size,
                                  batch_size=args.batch_size, dtype=args.dtype, topk=args.topk,
-                                 workers=args.workers, device=device, description=checkpoint_description(args.teacher),
-                                 progress=not args.no_progress)
+                                 workers=args.workers, loader=args.loader, converted=args.converted, device=device,
+                                 description=checkpoint_description(args.teacher), progress=not args.no_progress)
     if is_main():
         if finished:
             print(f"kdprune: {args.out} is already complete; nothing to compute")

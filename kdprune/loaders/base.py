@@ -49,19 +49,22 @@ class ReadCounter:
 
 class KeptIdLoader:
     """Base of every backend: batches of exactly the kept ids, shuffled by (seed, epoch) when
-    ``train``, sharded by rank, augmented with view ``epoch % views`` of ``augment`` when ``train``;
-    ``image_size`` (an int or (H, W)): the output size of evaluation's resize + centre crop (and of
-    training crops when ``augment`` has no ``out_size``); None keeps images of one size as they are."""
+    ``shuffle`` (default: when ``train``; ``shuffle=False`` serves the ids in the order given, as
+    writing teacher logits needs), sharded by rank, augmented with view ``epoch % views`` of
+    ``augment`` when ``train``; ``image_size`` (an int or (H, W)): the output size of evaluation's
+    resize + centre crop (and of training crops when ``augment`` has no ``out_size``); None keeps
+    images of one size as they are."""
 
     def __init__(self, num_samples: int, ids, *, batch_size: int, train: bool, seed: int = 0,
                  device="cpu", distributed=None, drop_last: bool = False, augment: Augment | None = None,
-                 views: int | None = None, image_size=None):
+                 views: int | None = None, image_size=None, shuffle: bool | None = None):
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
         self.num_samples = int(num_samples)
         self.ids = check_ids(ids, self.num_samples)
         self.batch_size = int(batch_size)
         self.train, self.seed, self.device = train, int(seed), torch.device(device)
+        self.shuffle = train if shuffle is None else bool(shuffle)
         self.rank, self.world = resolve_distributed(distributed)
         self.drop_last = drop_last
         self.augment = augment if train else None
@@ -80,6 +83,15 @@ class KeptIdLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def close(self) -> None:
+        """Stop the loader's worker processes or threads now rather than when it is garbage-collected;
+        the next iteration starts them again."""
+
+    def set_ids(self, ids) -> None:
+        """Serve another subset (an IndexSet or ids) from the next epoch on, with the same workers
+        (and, on FFCV, the same compiled pipeline): what RS2's fresh subset each epoch needs."""
+        self.ids, self._order = check_ids(ids, self.num_samples), None
+
     def view(self) -> int:
         """The augmentation view this epoch draws: ``epoch % views`` (a fresh one per epoch if views is None)."""
         return self.epoch % self.views if self.views else self.epoch
@@ -90,7 +102,7 @@ class KeptIdLoader:
         # asked for several times an epoch (by the loader, len(), FFCV's traversal order): callers
         # share the array and only read it
         if self._order is None or self._order[0] != epoch:
-            order = epoch_order(self.ids, seed=self.seed, epoch=epoch, shuffle=self.train, rank=self.rank,
+            order = epoch_order(self.ids, seed=self.seed, epoch=epoch, shuffle=self.shuffle, rank=self.rank,
                                 world=self.world, drop_last=self.drop_last, batch_size=self.batch_size)
             self._order = (epoch, order)
         return self._order[1]

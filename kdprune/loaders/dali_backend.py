@@ -222,6 +222,12 @@ class DALILoader(KeptIdLoader):
             self._pool = BufferPool(nbytes, keep=4)
         return self._pool.array(shape, np.float32)
 
+    def close(self) -> None:
+        self._pipe = self._serving = None
+        if self._threads is not None:
+            self._threads.shutdown()
+            self._threads = None
+
     def _crop_threads(self):
         if self._threads is None:
             from concurrent.futures import ThreadPoolExecutor

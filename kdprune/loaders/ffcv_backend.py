@@ -29,7 +29,7 @@ import torch
 from kdprune.errors import DataError
 from kdprune.loaders.base import NATIVE_THREADS, KeptIdLoader
 from kdprune.loaders import recycle
-from kdprune.loaders.batch import check_ids, check_subset
+from kdprune.loaders.batch import check_subset
 from kdprune.loaders.converted import (file_list, manifest_path, read_manifest, source_info, source_labels,
                                       write_manifest)
 
@@ -371,11 +371,9 @@ class FFCVLoader(KeptIdLoader):
         self._pool = None  # memory for the batches handed out on the CPU
 
     def set_ids(self, ids) -> None:
-        """Serve another subset (an IndexSet or ids) from the next epoch on, on the FFCV Loader already
-        made (no new compile): what a subset drawn anew each epoch (RS2) needs."""
-        if self.beton["fingerprint"]:
+        if self.beton["fingerprint"]:  # a subset of other data is refused, as when the loader is made
             check_subset(ids, self.beton["fingerprint"], self.name)
-        self.ids, self._order = check_ids(ids, self.num_samples), None
+        super().set_ids(ids)
 
     def _loader(self) -> Loader:
         if self._ffcv is None:

@@ -128,9 +128,10 @@ class RS2Loader:
 
     ``make_loader(ids)`` builds an ordinary loader (anything with ``len()``, ``set_epoch`` and
     iteration, e.g. a partial of :func:`kdprune.loaders.build`) over an :class:`IndexSet`. Whenever
-    :meth:`set_epoch` moves to another epoch, a loader that can change its subset (``set_ids``, as the
-    FFCV loader, whose build compiles a pipeline) is handed the new ids, and any other is built again,
-    so ``len()`` always counts the batches of the epoch being served, and each rank gets its disjoint, equal shard of that epoch's subset. The
+    :meth:`set_epoch` moves to another epoch, a loader that can change its subset (``set_ids``: every
+    kdprune backend, which so keeps its workers and, on FFCV, its compiled pipeline) is handed the new
+    ids, and any other is built again, so ``len()`` always counts the batches of the epoch being served,
+    and each rank gets its disjoint, equal shard of that epoch's subset. The
     ids of epoch e and their order depend only on (seed, e), so a run resumed mid-epoch that skips the
     batches already trained on reads exactly the ids the interrupted run would have read.
     """

@@ -157,9 +157,7 @@ class DatasetLoader(KeptIdLoader):
         self._loader = None
 
     def close(self) -> None:
-        """Stop the persistent worker processes now rather than when the loader is garbage-collected;
-        the next iteration starts new ones."""
-        self._loader = None
+        self._loader = None  # its persistent workers stop with it
 
     def _data_loader(self):
         if self._loader is None:  # built once: persistent workers keep start-up out of every epoch
