@@ -168,7 +168,7 @@ def test_training_crop_is_the_store_view_on_every_backend(backend, name, data):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_unshuffled_training_serves_the_ids_in_order_and_set_ids_swaps_them(backend, data):
-    """``shuffle=False``, as writing teacher logits reads: the ids in the order given, each cropped to
+    """``shuffle=False``, as writing teacher logits reads: the ids in increasing order, each cropped to
     the training view ``epoch`` (``views=None``) of the augmentation; ``set_ids`` then serves another
     subset from the same loader (its workers, and FFCV's compiled pipeline, kept)."""
     source = data["folder"]["source"]

@@ -33,7 +33,7 @@ def build(backend: str, source, ids, *, batch_size: int, train: bool, seed: int 
     ``epoch % views``), ``views``, ``image_size`` (int or (H, W): evaluation's resize + centre crop,
     and the training crop's size when ``augment`` has none; needed for images of different sizes),
     ``workers`` (DataLoader processes, FFCV or DALI threads), ``shuffle`` (default ``train``; False
-    serves the ids in the order given, still with ``train``'s augmented views).
+    serves the ids in increasing order, still with ``train``'s augmented views).
 
     >>> import kdprune, torch
     >>> from kdprune.loaders import build

@@ -49,7 +49,7 @@ class ReadCounter:
 
 class KeptIdLoader:
     """Base of every backend: batches of exactly the kept ids, shuffled by (seed, epoch) when
-    ``shuffle`` (default: when ``train``; ``shuffle=False`` serves the ids in the order given, as
+    ``shuffle`` (default: when ``train``; ``shuffle=False`` serves the ids in increasing order, as
     writing teacher logits needs), sharded by rank, augmented with view ``epoch % views`` of
     ``augment`` when ``train``; ``image_size`` (an int or (H, W)): the output size of evaluation's
     resize + centre crop (and of training crops when ``augment`` has no ``out_size``); None keeps
