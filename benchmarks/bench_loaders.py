@@ -11,7 +11,11 @@ Loaders, all reading the same images:
 - ``ffcv-stock``: FFCV's own ``Loader`` with ``RandomResizedCropRGBImageDecoder`` on the same
   ``.beton`` (random order, ``--workers`` threads, output float NCHW as ours): the anchor;
 - ``ffcv``: kdprune's FFCV backend on that ``.beton`` (the replayed crop of (seed, view, id));
-- ``dali``: kdprune's DALI backend on the file list of the original JPEGs.
+- ``dali``: kdprune's DALI backend on the file list of the original JPEGs;
+- ``ffcv-stock-uint8`` and ``ffcv-uint8``: the same two FFCV loaders handing out uint8 grey levels
+  (FFCV stock's bare pipeline; kdprune's ``dtype="uint8"``), which a GPU trainer normalises on the
+  device: what their decode threads cost the CPU of a GPU machine. Each ``-uint8`` loader's
+  ``vs_ffcv_stock`` is against ``ffcv-stock-uint8``.
 
 Part 1 (``throughput``): samples/s of each loader over ``--measure`` batches after ``--warmup``
 batches, the loaders taking turns for ``--rounds`` rounds (median). Part 2 (``fraction``): the epoch
@@ -77,7 +81,7 @@ def prepare(args) -> tuple[FolderDataset, dict]:
 class StockFFCV:
     """FFCV's own loader with its stock random-resized-crop decoder: the anchor."""
 
-    def __init__(self, path: str, args, indices=None):
+    def __init__(self, path: str, args, indices=None, normalise: bool = True):
         from ffcv.fields.decoders import IntDecoder, RandomResizedCropRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
         from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
@@ -85,7 +89,7 @@ class StockFFCV:
         threads = torch.get_num_threads()
         half = np.array([127.5, 127.5, 127.5])  # to [-1, 1], as kdprune's batches
         image = [RandomResizedCropRGBImageDecoder((args.crop, args.crop), scale=(0.35, 1.0)), RandomHorizontalFlip(),
-                 NormalizeImage(half, half, np.float32), ToTensor(), ToTorchImage()]
+                 *([NormalizeImage(half, half, np.float32)] if normalise else []), ToTensor(), ToTorchImage()]
         self.loader = Loader(path, batch_size=args.batch_size, num_workers=args.workers, order=OrderOption.RANDOM,
                              indices=indices, pipelines={"image": image, "label": [IntDecoder(), ToTensor(), Squeeze()]},
                              os_cache=True, drop_last=False)
@@ -100,12 +104,14 @@ class StockFFCV:
 
 
 def make_loader(kind: str, folder, paths: dict, ids, args):
-    if kind == "ffcv-stock":
-        return StockFFCV(paths["ffcv"], args, indices=None if ids is None else np.sort(ids))
+    grey = kind.endswith("-uint8")
+    if kind.startswith("ffcv-stock"):
+        return StockFFCV(paths["ffcv"], args, indices=None if ids is None else np.sort(ids), normalise=not grey)
     augment = Augment(seed=0, out_size=(args.crop, args.crop))
-    extra = {} if kind == "torch" else {"path": paths[kind]}
-    return build(kind, folder, ids, batch_size=args.batch_size, train=True, seed=0, augment=augment,
-                 workers=args.workers, **extra)
+    backend = kind.removesuffix("-uint8")
+    extra = {} if backend == "torch" else {"path": paths[backend]}
+    return build(backend, folder, ids, batch_size=args.batch_size, train=True, seed=0, augment=augment,
+                 workers=args.workers, dtype="uint8" if grey else "float32", **extra)
 
 
 def run_batches(loader, epoch: int, limit: int | None = None) -> tuple[int, float]:
@@ -135,7 +141,8 @@ def throughput(folder, paths, args) -> list[dict]:
                      "rounds": json_list(values)})
     base = {row["backend"]: row["samples_per_s"] for row in rows}
     for row in rows:
-        row["vs_ffcv_stock"] = row["samples_per_s"] / base["ffcv-stock"] if "ffcv-stock" in base else None
+        stock = "ffcv-stock-uint8" if row["backend"].endswith("-uint8") else "ffcv-stock"
+        row["vs_ffcv_stock"] = row["samples_per_s"] / base[stock] if stock in base else None
         row["vs_torch"] = row["samples_per_s"] / base["torch"] if "torch" in base else None
     return rows
 
@@ -189,7 +196,7 @@ def main(argv=None):
     args.backends = [b for b in args.backends.split(",") if b]
     args.fraction_backends = [b for b in args.fraction_backends.split(",") if b]
     kinds = set(args.backends) | set(args.fraction_backends)
-    args.needs = {"ffcv" if k.startswith("ffcv") else k for k in kinds} - {"torch"}
+    args.needs = {"ffcv" if k.startswith("ffcv") else k.removesuffix("-uint8") for k in kinds} - {"torch"}
     folder, paths = prepare(args)
     load_before = load()
     rows = throughput(folder, paths, args) if args.backends else []

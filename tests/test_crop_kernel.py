@@ -66,6 +66,24 @@ def test_whole_image_unflipped_is_the_image():
     torch.testing.assert_close(got[1], to_float(images)[1].flip(2), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("size,out_hw", [((256, 256), (224, 224)), ((375, 500), (224, 224)), ((20, 30), (40, 40))])
+def test_uint8_output_is_the_float_crop_rounded_to_grey_levels(size, out_hw):
+    """Into uint8 memory the kernel writes the same crop as grey levels, rounded to the nearest: a
+    loader's ``dtype="uint8"`` batch, normalised on the device, is the float batch to half a level."""
+    rng = np.random.default_rng(sum(size))
+    images = rng.integers(0, 256, (8, *size, 3), dtype=np.uint8)
+    box, flips = Augment(seed=3, out_size=out_hw).boxes(1, np.arange(8), *size)
+    grey = np.zeros((8, 3, *out_hw), dtype=np.uint8)
+    crop_batch_into(images, box_table(Augment(seed=3, out_size=out_hw), 1, np.arange(8), *size), grey)
+    levels = (reference(images, box, flips, out_hw) + 1) * 127.5
+    assert (torch.from_numpy(grey).double() - levels).abs().max() <= 0.5 + 1e-4
+    assert (torch.from_numpy(grey).double() - levels.round()).abs().max() <= 1  # at worst a level on a tie
+    image = images[0, :5, :7]
+    out = np.zeros((3, 5, 7), dtype=np.uint8)
+    to_float_into(image, np.zeros(256, np.float32), out)  # uncropped: the levels themselves, [C, H, W]
+    assert (out == image.transpose(2, 0, 1)).all()
+
+
 @pytest.mark.parametrize("shape", [(28, 28, 1), (5, 7, 3), (1, 1, 4)])
 def test_to_float_into_equals_to_float_exactly(shape):
     """The uncropped path of the FFCV decoder: every grey level, in every channel, as to_float gives it."""

@@ -24,7 +24,7 @@ from kdprune.data import Augment, synthetic, to_float
 from kdprune.data.augment import center_boxes, crop_batch, crop_images
 from kdprune.data.folder import FolderDataset, write_jpeg_folder
 from kdprune.errors import ConfigError, DataError
-from kdprune.loaders import build
+from kdprune.loaders import build, normalize
 from kdprune.loaders.batch import epoch_order, shuffled_range
 from kdprune.selection import IndexSet
 
@@ -186,6 +186,25 @@ def test_unshuffled_training_serves_the_ids_in_order_and_set_ids_swaps_them(back
             assert (x - expected).abs().mean() < 0.05
         else:
             torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uint8_batches_are_the_float_batches_in_grey_levels(backend, data):
+    """``dtype="uint8"``: the same crops of the same ids as grey levels, a quarter of the bytes;
+    ``normalize`` (run on the GPU in training) makes them the float batch to half a grey level."""
+    augment = Augment(seed=7, out_size=(16, 16))
+    index = kept(60, 0.5, seed=2)
+    batches = {}
+    for dtype in ("float32", "uint8"):
+        loader = make(backend, data, "folder", index, augment=augment, views=2, dtype=dtype, batch_size=8)
+        loader.set_epoch(3)
+        batches[dtype] = list(loader)
+    assert len(batches["uint8"]) == len(batches["float32"]) == 4
+    for exact, grey in zip(batches["float32"], batches["uint8"]):
+        assert grey.x.dtype == torch.uint8 and exact.x.dtype == torch.float32 and torch.equal(grey.ids, exact.ids)
+        assert (normalize(grey.x) - exact.x).abs().max() <= 0.5 / 127.5 + 1e-5
+    with pytest.raises(ConfigError, match="dtype must be one of float32, uint8"):
+        make(backend, data, "folder", index, dtype="float16")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

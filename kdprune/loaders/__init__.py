@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 
 from kdprune.errors import ConfigError, DataError
-from kdprune.loaders.batch import Batch
+from kdprune.loaders.batch import Batch, normalize
 from kdprune.registry import LOADER_BACKENDS
 
-__all__ = ["Batch", "build", "BACKENDS"]
+__all__ = ["Batch", "build", "normalize", "BACKENDS"]
 
 BACKENDS = LOADER_BACKENDS.names()
 
@@ -33,7 +33,9 @@ def build(backend: str, source, ids, *, batch_size: int, train: bool, seed: int 
     ``epoch % views``), ``views``, ``image_size`` (int or (H, W): evaluation's resize + centre crop,
     and the training crop's size when ``augment`` has none; needed for images of different sizes),
     ``workers`` (DataLoader processes, FFCV or DALI threads), ``shuffle`` (default ``train``; False
-    serves the ids in increasing order, still with ``train``'s augmented views).
+    serves the ids in increasing order, still with ``train``'s augmented views), ``dtype``
+    (``"float32"``, default: batches in [-1, 1]; ``"uint8"``: grey levels, a quarter of the bytes, which
+    :func:`normalize` turns into the float batch on the GPU, as FFCV's own pipelines do).
 
     >>> import kdprune, torch
     >>> from kdprune.loaders import build

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from kdprune.data.augment import Augment, crop_batch
-from kdprune.errors import DataError
-from kdprune.loaders.batch import Batch, check_ids, epoch_order, resolve_distributed
+from kdprune.errors import ConfigError, DataError
+from kdprune.loaders.batch import DTYPES, Batch, check_ids, epoch_order, normalize, resolve_distributed, to_grey
 
 # Set once an FFCV or DALI loader has started native threads in this process (a later fork, such as
 # FFCV's writer workers, is then unsafe: see ffcv_backend.write_beton).
@@ -53,13 +53,18 @@ class KeptIdLoader:
     writing teacher logits needs), sharded by rank, augmented with view ``epoch % views`` of
     ``augment`` when ``train``; ``image_size`` (an int or (H, W)): the output size of evaluation's
     resize + centre crop (and of training crops when ``augment`` has no ``out_size``); None keeps
-    images of one size as they are."""
+    images of one size as they are. ``dtype``: ``"float32"`` batches in [-1, 1] (default), or
+    ``"uint8"`` grey levels (a quarter of the bytes) for the caller to :func:`normalize` on its device.
+    FFCV and DALI crop into grey levels on a GPU device either way, and normalise after the copy."""
 
     def __init__(self, num_samples: int, ids, *, batch_size: int, train: bool, seed: int = 0,
                  device="cpu", distributed=None, drop_last: bool = False, augment: Augment | None = None,
-                 views: int | None = None, image_size=None, shuffle: bool | None = None):
+                 views: int | None = None, image_size=None, shuffle: bool | None = None, dtype: str = "float32"):
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.dtype = dtype
         self.num_samples = int(num_samples)
         self.ids = check_ids(ids, self.num_samples)
         self.batch_size = int(batch_size)
@@ -74,6 +79,12 @@ class KeptIdLoader:
         self.epoch = 0
         self._order = None  # (epoch, its order), the last one computed
         self.counter = ReadCounter(self.num_samples)
+
+    @property
+    def grey(self) -> bool:
+        """Whether the decode threads crop into uint8 grey levels: asked for (``dtype="uint8"``), or a
+        GPU device, where the batch crosses the bus as a quarter of the bytes and is normalised there."""
+        return self.dtype == "uint8" or self.device.type == "cuda"
 
     @property
     def reads(self) -> int:
@@ -125,12 +136,15 @@ class KeptIdLoader:
         ids = np.asarray(ids, dtype=np.int64)
         x = crop_batch(images, ids, augment=self.augment, view=view, image_size=self.image_size,
                        where=self.name)
-        return self._to_device(x, labels, ids)
+        return self._to_device(to_grey(x) if self.dtype == "uint8" else x, labels, ids)
 
     def _to_device(self, x: torch.Tensor, labels, ids) -> Batch:
+        """The batch on the loader's device; grey levels normalised there unless ``dtype="uint8"``."""
         y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
         ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
         nb = self.device.type == "cuda"
-        return Batch(x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb),
-                     ids.to(self.device, non_blocking=nb))
+        x = x.to(self.device, non_blocking=nb)
+        if x.dtype == torch.uint8 and self.dtype != "uint8":
+            x = normalize(x)
+        return Batch(x, y.to(self.device, non_blocking=nb), ids.to(self.device, non_blocking=nb))
 

@@ -10,11 +10,31 @@ from kdprune.errors import ConfigError, DataError
 
 
 class Batch(NamedTuple):
-    """``x`` float [B, C, H, W], ``y`` int64 [B], ``ids`` int64 [B] sample ids, all on one device."""
+    """``x`` float [B, C, H, W] in [-1, 1] (uint8 grey levels from a loader built with
+    ``dtype="uint8"``), ``y`` int64 [B], ``ids`` int64 [B] sample ids, all on one device."""
 
     x: torch.Tensor
     y: torch.Tensor
     ids: torch.Tensor
+
+
+DTYPES = ("float32", "uint8")
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 grey levels ``[B, C, H, W]`` (a ``dtype="uint8"`` batch) -> float32 in [-1, 1], on ``x``'s
+    device, scaled exactly as :func:`kdprune.data.to_float` scales images (``p / 127.5 - 1``).
+
+    >>> normalize(torch.tensor([0, 255], dtype=torch.uint8)).tolist()
+    [-1.0, 1.0]
+    """
+    return x.float().div_(127.5).sub_(1.0)
+
+
+def to_grey(x: torch.Tensor) -> torch.Tensor:
+    """float32 in [-1, 1] -> uint8 grey levels rounded to the nearest (the inverse of :func:`normalize`
+    on levels, a rounding of crops between them)."""
+    return x.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def resolve_distributed(distributed) -> tuple[int, int]:

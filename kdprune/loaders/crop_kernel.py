@@ -4,7 +4,8 @@
 :func:`kdprune.data.augment.crop_resize` computes on ``to_float`` of it: the box (top, left, h, w),
 the optional horizontal flip, resized to the output's size by bilinear sampling with
 ``grid_sample``'s conventions (align_corners=False, border padding), scaled to [-1, 1], written as
-float32 ``[C, H', W']``. The sampling is axis-aligned, so it is separable: each output column has two
+float32 ``[C, H', W']``; or, into a uint8 ``out``, as grey levels rounded to the nearest (what a loader
+hands out with ``dtype="uint8"``, a quarter of the bytes, for normalisation on the device). The sampling is axis-aligned, so it is separable: each output column has two
 source columns and two weights, each output row two source rows and two weights, computed once per
 image. Coordinates are computed in float64, so the result is within 1e-6 of a float64 reference;
 torch's float32 coordinates put grid_sample itself up to 4e-5 off it at 256 px (1e-4 at 500 px,
@@ -45,7 +46,9 @@ def resample_row(row, cols, col_w, dst):
 @numba.njit(nogil=True, cache=True)
 def crop_resize_into(image, top, left, h, w, flip, out):
     """``out[c, i, j]`` = the bilinear crop of ``image`` (uint8 [H, W, C]) to box (top, left, h, w),
-    flipped when ``flip``, at output pixel (i, j), in [-1, 1]; ``out`` is float32 [C, H', W'].
+    flipped when ``flip``, at output pixel (i, j): in [-1, 1] when ``out`` is float32 [C, H', W'],
+    the grey level rounded to the nearest when ``out`` is uint8 (numba compiles each kind apart, so
+    the test on the element size costs nothing).
 
     Two passes: each source row the output needs is resampled along x once (``resample_row``, into
     one of two ``lines``; output rows walk down the source, so two are enough), then each output row
@@ -57,6 +60,10 @@ def crop_resize_into(image, top, left, h, w, flip, out):
     lines = np.empty((2, channels, out_w), np.float32)
     sample_axis(top, h, height, out_h, False, rows, row_w)
     sample_axis(left, w, width, out_w, flip, cols, col_w)
+    grey = out.itemsize == 1
+    divisor = np.float32(1.0) if grey else np.float32(127.5)
+    # to [-1, 1] as to_float does (p / 127.5 - 1); grey levels: + 0.5, so the cast rounds
+    offset = np.float32(0.5) if grey else np.float32(-1.0)
     held0, held1 = -1, -1  # the source rows lines[0] and lines[1] hold
     for i in range(out_h):
         y0, y1 = rows[i, 0], rows[i, 1]
@@ -69,11 +76,10 @@ def crop_resize_into(image, top, left, h, w, flip, out):
         if y1 != held1:
             resample_row(image[y1], cols, col_w, lines[1])
             held1 = y1
-        # to [-1, 1] as to_float does (p / 127.5 - 1), folded into the row weights
-        wy0, wy1 = row_w[i, 0] / np.float32(127.5), row_w[i, 1] / np.float32(127.5)
+        wy0, wy1 = row_w[i, 0] / divisor, row_w[i, 1] / divisor  # the scale folded into the row weights
         for c in range(channels):
             for j in range(out_w):
-                out[c, i, j] = wy0 * lines[0, c, j] + wy1 * lines[1, c, j] - np.float32(1.0)
+                out[c, i, j] = wy0 * lines[0, c, j] + wy1 * lines[1, c, j] + offset
 
 
 @numba.njit(nogil=True, cache=True)
@@ -81,18 +87,22 @@ def to_float_into(image, levels, out):
     """``out[c, i, j]`` = ``levels[image[i, j, c]]``: uint8 [H, W, C] to float32 [C, H, W] through the
     256 grey levels ``levels``, which the caller takes from ``to_float`` itself, so the two agree
     exactly; a table, not arithmetic, because FFCV compiles its pipeline with fastmath, under which
-    an inlined ``p / 127.5`` may become a multiplication and move some values by one ulp."""
+    an inlined ``p / 127.5`` may become a multiplication and move some values by one ulp. A uint8
+    ``out`` gets the grey levels themselves, transposed to [C, H, W]."""
     height, width, channels = image.shape
     for c in range(channels):
         for i in range(height):
             for j in range(width):
-                out[c, i, j] = levels[image[i, j, c]]
+                if out.itemsize == 1:
+                    out[c, i, j] = image[i, j, c]
+                else:
+                    out[c, i, j] = levels[image[i, j, c]]
 
 
 @numba.njit(nogil=True, parallel=True, cache=True)
 def crop_batch_into(images, boxes, out):
     """``crop_resize_into`` for each sample of a uint8 ``[B, H, W, C]`` batch, the samples spread over
-    numba's threads: ``boxes`` int64 ``[B, 5]`` (see :func:`box_table`), ``out`` float32
+    numba's threads: ``boxes`` int64 ``[B, 5]`` (see :func:`box_table`), ``out`` float32 (or uint8)
     ``[B, C, H', W']``."""
     for i in numba.prange(images.shape[0]):
         box = boxes[i]
@@ -109,7 +119,7 @@ def box_table(augment, view: int, ids: np.ndarray, height: int, width: int) -> n
 def crop_each_into(images, boxes: np.ndarray, flips: np.ndarray, out: np.ndarray, pool=None) -> np.ndarray:
     """``crop_resize_into`` for each uint8 ``[H, W, C]`` image of a list of any sizes, to its box
     (``boxes [n, 4]``, ``flips [n]``, as ``kdprune.data.augment.crop_plan`` gives them), into float32
-    ``out [n, C, H', W']``; spread over ``pool`` (a ``concurrent.futures`` executor) when given."""
+    (or uint8) ``out [n, C, H', W']``; spread over ``pool`` (a ``concurrent.futures`` executor) when given."""
     def one(k):
         top, left, h, w = (int(v) for v in boxes[k])
         crop_resize_into(images[k], top, left, h, w, bool(flips[k]), out[k])

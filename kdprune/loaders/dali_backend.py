@@ -205,7 +205,7 @@ class DALILoader(KeptIdLoader):
         from kdprune.loaders.crop_kernel import crop_batch_into, crop_each_into
         boxes, flips, (out_h, out_w) = plan
         shape = (len(images), images[0].shape[2], out_h, out_w)
-        out = torch.from_numpy(self._batch_memory(shape))
+        out = torch.from_numpy(self._batch_memory(shape, np.uint8 if self.grey else np.float32))
         if isinstance(images, np.ndarray):  # raw arrays of one size: numba's parallel loop
             table = np.ascontiguousarray(np.column_stack([boxes, flips]), dtype=np.int64)
             crop_batch_into(images, table, out.numpy())
@@ -213,14 +213,15 @@ class DALILoader(KeptIdLoader):
             crop_each_into(images, boxes, flips, out.numpy(), pool=self._crop_threads())
         return self._to_device(out, labels, ids)
 
-    def _batch_memory(self, shape) -> np.ndarray:
-        """Float32 memory for a batch of crops of ``shape``, from the loader's pool (see the module's
-        docstring); a pool for the largest batch of this size, made anew if the crop size changes."""
+    def _batch_memory(self, shape, dtype) -> np.ndarray:
+        """Memory for a batch of crops of ``shape`` (float32, or uint8 grey levels), from the loader's
+        pool (see the module's docstring); a pool for the largest batch of this size, made anew if the
+        crop size changes."""
         from kdprune.loaders.recycle import BufferPool
-        nbytes = 4 * self.batch_size * int(np.prod(shape[1:]))
+        nbytes = np.dtype(dtype).itemsize * self.batch_size * int(np.prod(shape[1:]))
         if self._pool is None or self._pool.nbytes != nbytes:
             self._pool = BufferPool(nbytes, keep=4)
-        return self._pool.array(shape, np.float32)
+        return self._pool.array(shape, dtype)
 
     def close(self) -> None:
         self._pipe = self._serving = None

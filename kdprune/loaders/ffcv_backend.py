@@ -12,7 +12,9 @@
   bilinear sampling) to its box: the replayed view (seed, ``epoch % views``, id) in training, resize
   + centre crop in evaluation, both drawn relative to the image's own size (:class:`CropBoxes`, with
   ``kdprune.data.augment``'s boxes, once per batch), so a batch equals the torch backend's and the
-  teacher store's view to float32 rounding.
+  teacher store's view to float32 rounding. With ``dtype="uint8"``, and always on a GPU device, the
+  crop is written as grey levels rounded to the nearest (as FFCV's own crop decoders write them) and
+  normalised on the device after the copy: a quarter of the bytes through the ring and the bus.
 - **Loading**: FFCV's own ``Loader`` and its ring of ``batches_ahead + 2`` batches. A slot of the
   ring is written again as soon as the next batch is drawn, so each batch is copied out: to the
   device on a GPU, into pooled memory of its own on the CPU (``FFCVLoader._own``).
@@ -183,13 +185,14 @@ class CropBoxes:
 
 class ReplayedCrop(Operation):
     """The image field's decoder: each image of a batch decoded and cropped to its box (``boxes``, a
-    :class:`CropBoxes`), in FFCV's threads, into FFCV's ring: float32 ``[B, C, H', W']`` in [-1, 1].
+    :class:`CropBoxes`), in FFCV's threads, into FFCV's ring: float32 ``[B, C, H', W']`` in [-1, 1],
+    or with ``grey`` uint8 grey levels (as FFCV's own crop decoders write, a quarter of the bytes).
     With no crop the images keep their size (which must then be one) and are scaled exactly as
     ``to_float`` scales them."""
 
-    def __init__(self, boxes: CropBoxes):
+    def __init__(self, boxes: CropBoxes, grey: bool = False):
         super().__init__()
-        self.boxes = boxes
+        self.boxes, self.grey = boxes, grey
 
     def image_sizes(self) -> tuple[np.ndarray, np.ndarray, int]:
         """Heights, widths (one per sample) and channels of the stored images."""
@@ -207,13 +210,13 @@ class ReplayedCrop(Operation):
                 raise DataError("the .beton holds images of different sizes and no output size was given: pass an "
                                 "image size (--image-size N, or image_size= / Augment(out_size=))")
             out_hw = (int(heights[0]), int(widths[0]))
-        shape = (channels, *out_hw)
+        shape, dtype = (channels, *out_hw), np.dtype("u1" if self.grey else "<f4")
         # a JPEG is decoded into scratch of the largest image's size, one per sample, as FFCV's own
         # crop decoders do (raw pixels need none)
         jpeg = not isinstance(self.field, NDArrayField) and (self.metadata["mode"] == IMAGE_MODES["jpg"]).any()
         scratch = int(heights.max()) * int(widths.max()) * channels if jpeg else 1
-        return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype("<f4")),
-                (AllocationQuery(shape, np.dtype("<f4")), AllocationQuery((7,), np.dtype("<i8")),
+        return (replace(previous_state, jit_mode=True, shape=shape, dtype=dtype),
+                (AllocationQuery(shape, dtype), AllocationQuery((7,), np.dtype("<i8")),
                  AllocationQuery((scratch,), np.dtype("<u1"))))
 
     def generate_code(self):
@@ -378,7 +381,8 @@ class FFCVLoader(KeptIdLoader):
     def _loader(self) -> Loader:
         if self._ffcv is None:
             pipelines = {name: None for name in self.beton["fields"]}  # labels come from the metadata
-            pipelines[self.beton["image"]] = PipelineSpec(self.beton["image"], decoder=ReplayedCrop(self.boxes))
+            decoder = ReplayedCrop(self.boxes, grey=self.grey)
+            pipelines[self.beton["image"]] = PipelineSpec(self.beton["image"], decoder=decoder)
             with torch_threads_kept():
                 NATIVE_THREADS["started"] = True
                 self._ffcv = loader = EpochLengthLoader(
@@ -407,8 +411,8 @@ class FFCVLoader(KeptIdLoader):
 
     def _own(self, x: np.ndarray) -> torch.Tensor:
         """The batch out of FFCV's ring, whose slot is written again once the next batch is drawn:
-        on a GPU its copy to the device; on the CPU a copy into memory of its own, from the loader's
-        ``recycle.BufferPool``. Why a pool: a fresh array of a batch this large is mapped anew and
+        on a GPU its copy to the device (grey levels, normalised there); on the CPU a copy into memory
+        of its own, from the loader's ``recycle.BufferPool``. Why a pool: a fresh array of a batch this large is mapped anew and
         page-faulted in every time; on 1,500 JPEGs of 200-500 px, 224 px crops, batches of 64, two
         threads (2-core CPU VM, no GPU, 2026-12-04), the loader spent 1.18 ms of CPU a sample with
         fresh arrays and 1.01 ms pooled (FFCV stock, uint8 batches in its ring: 0.88 ms)."""
