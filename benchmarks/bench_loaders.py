@@ -189,7 +189,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=4, help="batches before timing")
     p.add_argument("--measure", type=int, default=40, help="batches timed per round (throughput)")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--backends", default="torch,ffcv-stock,ffcv,dali")
+    p.add_argument("--backends", default="torch,ffcv-stock,ffcv,dali,ffcv-stock-uint8,ffcv-uint8,dali-uint8")
     p.add_argument("--fraction-backends", default="ffcv,dali,torch", help="'' skips the fraction part")
     p.add_argument("--work", default="/tmp/kdprune-bench-loaders", help="where the images and conversions go")
     args = p.parse_args(argv)
