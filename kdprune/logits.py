@@ -75,7 +75,7 @@ def write_teacher_logits(teacher: torch.nn.Module, dataset, path, *, views: int 
     kwargs = dict(views=views, dtype=dtype, topk=topk, dataset_fingerprint=fp, dataset_name=dataset_name(source),
                   teacher=description if description is not None else describe_model(teacher), augment=augment,
                   input_size=image_size)  # recorded in the store, so training replays the same inputs
-    inputs = _Inputs(source, workers, image_size, loader, converted)
+    inputs = _Inputs(source, workers, image_size, loader, converted, device)
     if num_classes is None:
         num_classes = getattr(source, "num_classes", None) or _output_width(teacher, inputs, device)
     existing = _published(path, len(source), num_classes, chunk_rows, kwargs)
@@ -150,7 +150,7 @@ class _Inputs:
     any other dataset, read through a DataLoader over those ids. A context manager: leaving it stops
     the loader's workers."""
 
-    def __init__(self, dataset, workers: int, image_size=None, loader: str = "torch", converted=None):
+    def __init__(self, dataset, workers: int, image_size=None, loader: str = "torch", converted=None, device="cpu"):
         from kdprune.loaders import BACKENDS
 
         if loader not in BACKENDS:
@@ -161,6 +161,7 @@ class _Inputs:
                               "its path (--converted PATH, or converted=PATH)")
         self.dataset, self.workers, self.image_size = dataset, int(workers), image_size
         self.backend, self.converted = loader, converted
+        self.device = device  # the teacher's: FFCV and DALI hand a GPU grey levels, normalised there
         self._loader = None  # the kdprune loader, made on first use and kept for every view
 
     def __enter__(self):
@@ -172,7 +173,7 @@ class _Inputs:
             self._loader = None
 
     def first(self) -> torch.Tensor:
-        return next(_Inputs(self.dataset, 0, self.image_size).batches(np.arange(1), 1))[1]
+        return next(_Inputs(self.dataset, 0, self.image_size, device=self.device).batches(np.arange(1), 1))[1]
 
     def batches(self, ids: np.ndarray, batch_size: int, augment=None, view: int = 0):
         """``(ids, x)`` batches, ``x`` view ``view`` of ``augment`` (the unaugmented input without)."""
@@ -215,7 +216,7 @@ class _Inputs:
             where = {"path": self.converted} if self.backend != "torch" else {}
             self._loader = build(self.backend, self.dataset, ids, batch_size=batch_size, train=True, shuffle=False,
                                  distributed=False, workers=self.workers, augment=augment, views=None,
-                                 image_size=self.image_size, **where)
+                                 image_size=self.image_size, device=self.device, **where)
         else:
             self._loader.set_ids(ids)
         self._loader.set_epoch(view)
