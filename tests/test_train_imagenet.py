@@ -50,8 +50,7 @@ def test_imagenet_recipe_end_to_end(tmp_path):
     assert cli(["teacher", *data, "--config", CONFIG, *SMALL, "--epochs", "1", "--amp", "none", "--out", str(tmp_path / "teacher")]) == 0
     # 2. its logits on 2 augmented views of every training image
     assert cli(["logits", *data, "--teacher", str(tmp_path / "teacher" / "model.pt"), "--views", "2",
-                "--loader", loader, "--converted", conv["train"], "--workers", "1", "--image-size", "16",
-                "--batch-size", "16", "--no-progress", "--out", str(tmp_path / "logits")]) == 0
+                "--image-size", "16", "--batch-size", "16", "--no-progress", "--out", str(tmp_path / "logits")]) == 0
     # 3. keep the harder half by the EL2N the teacher's own training steps recorded (a score file)
     assert cli(["prune", *data, "--scores", str(tmp_path / "teacher" / "el2n"), "--fraction", "0.5",
                 "--out", str(tmp_path / "kept")]) == 0
