@@ -159,3 +159,18 @@ def test_teacher_logits_decoded_by_dali_and_ffcv_equal_the_torch_loaders(loader,
         else:
             other = torch_store.gather(ids, view=1 - view)
             assert (got - want).abs().mean() * 3 < (got - other).abs().mean()
+
+
+def test_teacher_logits_through_ffcv_or_dali_need_the_conversion(tmp_path):
+    import torch
+
+    import kdprune
+    from kdprune.errors import ConfigError
+
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, 8, 8), torch.arange(8) % 2)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2))
+    with pytest.raises(ConfigError, match=r"kdprune convert --format dali --out PATH"):
+        kdprune.write_teacher_logits(teacher, data, tmp_path / "s", loader="dali", progress=False)
+    with pytest.raises(ConfigError, match="unknown loader backend 'jpeg'"):
+        kdprune.write_teacher_logits(teacher, data, tmp_path / "s", loader="jpeg", progress=False)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "s.partial").exists()  # nothing half-written
