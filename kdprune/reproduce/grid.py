@@ -89,6 +89,7 @@ class Preset:
     online_teacher: bool = True  # random f + KD with a teacher forward each step, for the time table
     convergence_epochs: tuple = (4, 16)  # extra full-data no-KD runs (first seed) beside student.epochs
     amortise_runs: int = 10  # the teacher's one-off cost is also shown shared by this many student runs
+    time_targets: tuple = (0.98, 0.99)  # time-to-accuracy targets, as shares of the full-data no-KD accuracy
     batch_size: int = 64
     lr: float = 0.2
     temperature: float = 4.0

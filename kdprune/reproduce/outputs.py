@@ -222,12 +222,16 @@ def time_to(curve: list[dict], target: float) -> float | None:
 
 
 def time_table(rep, by_key, teachers: dict) -> tuple[str, float | None, list[dict]]:
-    """The table, the target accuracy (%) and the per-row numbers."""
+    """The table, the full-data no-KD accuracy (%) its targets are shares of, and the per-row numbers.
+
+    A target is a share (``rep.p.time_targets``, e.g. 98% and 99%) of the full-data no-KD accuracy,
+    not the accuracy itself: a target equal to the mean is missed by every full-data seed below the
+    mean, and a pruned run that ends a few tenths under it would show no time at all."""
     p = rep.p
-    target_accs = accs(by_key, _cells(rep, FULL, 1.0, 0.0))
-    if not target_accs:
+    full_accs = accs(by_key, _cells(rep, FULL, 1.0, 0.0))
+    if not full_accs:
         return "", None, []  # the full-data runs have not finished yet
-    target = float(np.mean(target_accs))
+    full = float(np.mean(full_accs))
     t = teachers.get(p.main_teacher.name)
     one_off = {None: 0.0, "store": (t["train_s"] + t["logits_s"]) if t else math.nan,
                "online": t["train_s"] if t else math.nan}
@@ -236,22 +240,26 @@ def time_table(rep, by_key, teachers: dict) -> tuple[str, float | None, list[dic
         recs = [by_key[c.key] for c in row["cells"] if c.key in by_key]
         if not recs:
             continue
-        times = [time_to(r["curve"], target) for r in recs]
-        reached = [x for x in times if x is not None]
-        run_s = float(np.mean([r["train_wall_time_s"] for r in recs]))
         c = one_off[row["teacher"]]
-        t_mean = float(np.mean(reached)) if len(reached) == len(recs) else None
-        best = f"{max(100 * r['test_accuracy'] for r in recs):.2f}"
-        stats.append({**{k: v for k, v in row.items() if k != "cells"}, "time_to_target_s": t_mean, "run_s": run_s,
-                      "one_off_s": c})
-        rows.append([row["config"], f"{row['fraction']:g}", mean_std([100 * r["test_accuracy"] for r in recs]),
-                     f"{t_mean:.1f}" if t_mean is not None else f"not reached by {len(recs) - len(reached)} of "
-                     f"{len(recs)} (best {best}%)", f"{run_s:.1f}", f"{c:.1f}",
-                     f"{t_mean + c:.1f}" if t_mean is not None else "-",
-                     f"{t_mean + c / p.amortise_runs:.1f}" if t_mean is not None else "-"])
-    header = ["configuration", "f", "final test acc (%)", "time to target (s)", "whole run (s)",
-              "teacher one-off (s)", "to target + one-off (s)", f"to target + one-off / {p.amortise_runs} (s)"]
-    return md_table(header, rows), target, stats
+        reach = {}
+        for share in p.time_targets:
+            times = [time_to(r["curve"], share * full) for r in recs]
+            reached = [x for x in times if x is not None]
+            reach[share] = (float(np.mean(reached)) if len(reached) == len(recs) else None, len(recs) - len(reached))
+        run_s = float(np.mean([r["train_wall_time_s"] for r in recs]))
+        stats.append({**{k: v for k, v in row.items() if k != "cells"}, "run_s": run_s, "one_off_s": c,
+                      "time_to_s": {f"{share:g}": reach[share][0] for share in p.time_targets}})
+        cells = [row["config"], f"{row['fraction']:g}", mean_std([100 * r["test_accuracy"] for r in recs]),
+                 f"{run_s:.1f}"]
+        cells += [f"{x:.1f}" if x is not None else f"not reached ({missed} of {len(recs)})"
+                  for x, missed in reach.values()]
+        cells.append(f"{c:.1f}")
+        cells += [f"{x + c / p.amortise_runs:.1f}" if x is not None else "-" for x, _ in reach.values()]
+        rows.append(cells)
+    pct = [f"{100 * share:g}%" for share in p.time_targets]
+    header = (["configuration", "f", "final test acc (%)", "whole run (s)"] + [f"to {x} (s)" for x in pct]
+              + ["teacher one-off (s)"] + [f"to {x} + one-off / {p.amortise_runs} (s)" for x in pct])
+    return md_table(header, rows), full, stats
 
 
 def wall_table(rep, records) -> str:
@@ -333,20 +341,26 @@ def claims(rep, by_key, teachers: dict, time_stats: list[dict]) -> list[str]:
                        f"{mean_std(main)} from the self-distillation teacher ({d:+.2f}, {v}): "
                        + ("agrees" if v in ("within noise", "lower") else "does not agree") + ".")
     full = next((s for s in time_stats if s["teacher"] is None), None)
-    store = [s for s in time_stats if s["config"] == "random + KD (store)" and s["time_to_target_s"] is not None]
-    if full and full["time_to_target_s"] is not None:
-        if store:
-            best = min(store, key=lambda s: s["time_to_target_s"])
-            with_teacher = best["time_to_target_s"] + best["one_off_s"]
-            out.append("6. Random pruning + KD reaches the full-data accuracy in less wall time: "
-                       f"f={best['fraction']:g} takes {best['time_to_target_s']:.1f} s vs {full['time_to_target_s']:.1f} s on all the data "
-                       f"(student run only: " + ("agrees" if best["time_to_target_s"] < full["time_to_target_s"]
-                                                 else "does not agree") + f"); with the teacher's one-off cost paid "
-                       f"by this run alone {with_teacher:.1f} s ("
-                       + ("agrees" if with_teacher < full["time_to_target_s"] else "does not agree") + ").")
-        else:
+    for share in sorted(p.time_targets, reverse=True):  # the highest share some pruned KD run reaches
+        level = f"{share:g}"
+        store = [s for s in time_stats if s["config"] == "random + KD (store)" and s["time_to_s"][level] is not None]
+        if full is None or full["time_to_s"][level] is None or not store:
+            continue
+        best = min(store, key=lambda s: s["time_to_s"][level])
+        mine, theirs = best["time_to_s"][level], full["time_to_s"][level]
+        shared = mine + best["one_off_s"] / p.amortise_runs
+        out.append(f"6. Random pruning + KD reaches {100 * share:g}% of the full-data accuracy in less wall time: "
+                   f"f={best['fraction']:g} takes {mine:.1f} s against {theirs:.1f} s on all the data (student run "
+                   "only: " + ("agrees" if mine < theirs else "does not agree") + f"); {shared:.1f} s with the "
+                   f"teacher's one-off cost shared by {p.amortise_runs} runs ("
+                   + ("agrees" if shared < theirs else "does not agree") + f"), {mine + best['one_off_s']:.1f} s "
+                   "with it paid by this run alone ("
+                   + ("agrees" if mine + best["one_off_s"] < theirs else "does not agree") + ").")
+        break
+    else:
+        if full is not None:
             out.append("6. Random pruning + KD reaches the full-data accuracy in less wall time: no pruned KD run "
-                       "reached it in every seed: does not agree.")
+                       f"reached {100 * min(p.time_targets):g}% of it in every seed: does not agree.")
     return out
 
 
@@ -442,12 +456,14 @@ def report_markdown(rep, summary, by_key, records, pngs, time_md) -> str:
                 parts += [f"Family {fam} (swept on {rule['fitted_on']}): best alpha {best}; fitted "
                           f"{rep.fit['form']} with a = {rule['a']:.3f}, b = {rule['b']:.3f}.", ""]
     if time_md:
+        levels = ", ".join(f"{100 * x:g}% ({x * summary['target_accuracy']:.2f}%)" for x in p.time_targets)
         parts += ["## Time to accuracy", "",
-                  f"Target: the full-data no-KD accuracy, {summary['target_accuracy']:.2f}% (mean over seeds). "
-                  "Time to target: the training time (evaluation excluded) at the end of the first epoch whose "
-                  "test accuracy reaches it, mean over seeds (only when every seed reaches it). The teacher's "
-                  "one-off cost (its training, plus writing its logits for the store) is shown paid in full by "
-                  f"one run and shared by {p.amortise_runs} runs that reuse the same teacher.", "", time_md, ""]
+                  f"Targets: {levels} of the full-data no-KD accuracy, {summary['target_accuracy']:.2f}% (mean over "
+                  "seeds). Time to a target: the training time (evaluation excluded) at the end of the first epoch "
+                  "whose test accuracy reaches it, mean over seeds (only when every seed reaches it; otherwise how "
+                  "many did not). The teacher's one-off cost (its training, plus writing its logits for the store; "
+                  f"the online teacher's training alone) is added shared by {p.amortise_runs} runs that reuse the "
+                  "same teacher, as a sweep or repeated training would.", "", time_md, ""]
     if p.capacity_teachers and p.capacity_fractions:
         parts += ["## Teacher capacity (random pruning, KD)", "", capacity_table(rep, by_key, teachers), ""]
     if p.fixed_steps_control:
