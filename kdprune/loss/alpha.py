@@ -69,8 +69,10 @@ def alpha_for_fraction(keep_fraction: float, method: str | None = None) -> float
     default rule): ``clip(a + b * ln(keep_fraction), 0, 1)`` with the family's shipped coefficients.
 
     >>> import kdprune
-    >>> [round(kdprune.alpha_for_fraction(f, "random"), 2) for f in (1.0, 0.3, 0.1)]  # less data, more KD
-    [0.36, 0.43, 0.49]
+    >>> [round(kdprune.alpha_for_fraction(f, "el2n"), 2) for f in (0.5, 0.3, 0.1)]  # hard samples: more KD at small f
+    [0.0, 0.29, 0.9]
+    >>> kdprune.alpha_for_fraction(0.1, "random") == kdprune.alpha_for_fraction(0.5, "random")  # flat for random
+    True
     """
     f = float(keep_fraction)
     if not 0.0 < f <= 1.0:
