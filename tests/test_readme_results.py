@@ -9,9 +9,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def readme_table(heading: str) -> list[list[str]]:
-    """The body rows (cells, stripped) of the first Markdown table after ``heading``."""
-    text = open(os.path.join(ROOT, "README.md")).read()
+def readme_table(heading: str, path: str = "README.md") -> list[list[str]]:
+    """The body rows (cells, stripped) of the first Markdown table after ``heading`` in ``path``."""
+    text = open(os.path.join(ROOT, path)).read()
     start = text.index(heading)
     rows = []
     for line in text[start:].splitlines()[1:]:
@@ -90,7 +90,9 @@ def test_rounding_rule(printed, value, ok):
 
 
 LOADER_NAMES = {"torch DataLoader": "torch", "FFCV stock": "ffcv-stock", "kdprune FFCV": "ffcv",
-                "kdprune DALI": "dali"}
+                "kdprune DALI": "dali", "FFCV stock, uint8": "ffcv-stock-uint8", "kdprune FFCV, uint8": "ffcv-uint8",
+                "kdprune DALI, uint8": "dali-uint8"}
+FRACTION_NAMES = ("torch DataLoader", "kdprune FFCV", "kdprune DALI", "kdprune FFCV, uint8", "FFCV stock")
 
 
 def test_loader_tables_are_recorded():
@@ -101,8 +103,29 @@ def test_loader_tables_are_recorded():
         assert any(r["part"] == "throughput" and r["backend"] == LOADER_NAMES[name] and shows(per_s, r["samples_per_s"])
                    and shows(vs_stock, r["vs_ffcv_stock"]) and shows(vs_torch, r["vs_torch"]) for r in rows), name
     fractions = readme_table("Epoch time on a kept fraction f")
-    assert len(fractions) == 3
+    assert {t[0] for t in fractions} == set(FRACTION_NAMES)
     for name, *ratios in fractions:
         for f, printed in zip(("0.5", "0.3", "0.1"), ratios):
             assert any(r["part"] == "fraction" and r["backend"] == LOADER_NAMES[name] and float(r["fraction"]) == float(f)
                        and shows(printed, r["ratio"]) for r in rows), (name, f)
+
+
+LOGITS_NAMES = {"one process (`--workers 0`)": "torch-main", "torch DataLoader workers": "torch",
+                "FFCV (`--loader ffcv`)": "ffcv", "DALI (`--loader dali`)": "dali"}
+
+
+def test_logits_table_is_recorded():
+    rows = recorded("logits")
+    table = readme_table("### Teacher logits")
+    assert {t[0] for t in table} == set(LOGITS_NAMES)
+    for name, per_s, vs_main, startup in table:
+        assert any(r["path"] == LOGITS_NAMES[name] and shows(per_s, r["inputs_per_s"])
+                   and shows(vs_main, r["vs_torch_main"]) and shows(startup, r["startup_s"]) for r in rows), name
+
+
+def test_reproduction_table_is_the_published_run():
+    """The README's accuracy grid is the published full reproduction's, cell for cell."""
+    published = readme_table("## Accuracy by pruning method", "docs/results/full/results.md")
+    shown = readme_table("## Reproducing the paper")
+    assert len(shown) == len(published) >= 14
+    assert shown == [[c.replace("alpha 0: no KD run", "alpha 0") for c in row] for row in published]
