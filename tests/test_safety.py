@@ -183,7 +183,30 @@ def test_the_cli_summary_says_which_alpha_it_used(tmp_path):
     make_store(tmp_path / "s", ds)
     rc, out, err = kdprune("train", *DATA, *QUICK, "--store", tmp_path / "s", "--out", tmp_path / "r")
     assert rc == 0, err
-    assert "alpha 0." in out and "(auto at keep fraction 1)" in out
+    assert "alpha 0." in out and "(auto at keep fraction 1, the random rule)" in out
+
+
+def test_auto_alpha_follows_the_subsets_pruning_method(tmp_path):
+    """A subset pruned by a score trains with the hard-sample rule (more KD at small f), a random one
+    with the random-pruning rule."""
+    import numpy as np
+
+    from kdprune import alpha_for_fraction
+    from kdprune.selection import prune
+    from kdprune.train import train_run
+
+    ds, test = dataset()
+    store = make_store(tmp_path / "s", ds)
+    scores = np.random.default_rng(0).random(len(ds)).astype(np.float32)
+    hard = prune(scores, 0.3, dataset_fingerprint=ds.fingerprint)  # the hardest 30% by a score
+    _, m = train_run(cfg(), ds, test, hard, store=store, progress=False)
+    assert m["alpha_family"] == "hard"
+    assert m["config"]["alpha"] == pytest.approx(alpha_for_fraction(m["keep_fraction"], "el2n"))
+    randomly = prune(None, 0.3, labels=ds.labels, dataset_fingerprint=ds.fingerprint)
+    _, m = train_run(cfg(), ds, test, randomly, store=store, progress=False)
+    assert m["alpha_family"] == "random"
+    assert m["config"]["alpha"] == pytest.approx(alpha_for_fraction(m["keep_fraction"], "random"))
+    assert alpha_for_fraction(0.3, "el2n") != alpha_for_fraction(0.3, "random")
 
 
 # -- views ----------------------------------------------------------------------------------------

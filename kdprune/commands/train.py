@@ -20,7 +20,7 @@ _HELP = {
           "0.2 at batch 64, the best of a sweep of 3-epoch Fashion-MNIST students (docs/design.md)",
     "loss_kernel": "implementation of the fused KD loss: auto (triton on CUDA, cpu with the C++ extension, "
                    "else torch), triton, cpu or torch",
-    "alpha": "weight of the distillation term in [0, 1], or 'auto' (from the keep fraction); "
+    "alpha": "weight of the distillation term in [0, 1], or 'auto' (from the keep fraction and the subset's pruning method: scores want more at small f); "
              "unset: 'auto' when the run has a teacher (--store / --teacher-model), 0 without one",
     "augment": "random-resized-crop augmentation; unset: replay the --store's views (as `kdprune logits` "
                "made them), on without a store",
@@ -228,8 +228,8 @@ def run_training(cfg, train_set, test_set, ids, *, store, keep_fraction, args, d
                                timing=args.timing, sources=(args.train_data, args.val_data))
         if dist.is_main():
             alpha = metrics["config"]["alpha"]
-            how = "" if alpha == 0 else (" (auto at keep fraction " f"{metrics['keep_fraction']:.3g})"
-                                          if cfg.alpha in (None, "auto") else "")
+            how = "" if alpha == 0 else (f" (auto at keep fraction {metrics['keep_fraction']:.3g}, the "
+                                          f"{metrics['alpha_family']} rule)" if cfg.alpha in (None, "auto") else "")
             print(f"{desc}: test accuracy {metrics['test_accuracy']:.4f}, alpha {alpha:.3g}{how}, "
                   f"after {metrics['steps']} steps "
                   f"({metrics['samples_seen']} samples, {metrics['wall_time_s']:.1f}s, "

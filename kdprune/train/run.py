@@ -141,15 +141,16 @@ def _check_subset(ids, train_set) -> None:
                      fix="prune this dataset with `kdprune prune --dataset ...`, or train on the subset's dataset")
 
 
-def _resolve_alpha(cfg: TrainConfig, fraction: float, has_teacher: bool) -> float:
-    """The run's alpha: ``cfg.alpha``; None means "auto" with a teacher and 0 without one."""
+def _resolve_alpha(cfg: TrainConfig, fraction: float, has_teacher: bool, method: str | None = None) -> float:
+    """The run's alpha: ``cfg.alpha``; None means "auto" with a teacher and 0 without one. "auto" takes the
+    rule of ``method``'s family (the subset's pruning score: hard-sample methods want more KD at small f)."""
     if cfg.alpha is None:
         if not has_teacher:
             return 0.0
         cfg = TrainConfig.from_dict({**cfg.as_dict(), "alpha": "auto"})
     if cfg.alpha == "auto":
         from kdprune.loss import alpha_for_fraction
-        return float(alpha_for_fraction(fraction, method="rs2" if cfg.rs2 else None))
+        return float(alpha_for_fraction(fraction, method=method))
     return float(cfg.alpha)
 
 
@@ -209,6 +210,7 @@ def train_run(cfg: TrainConfig, train_set, test_set, ids=None, *, store=None, ke
     (:mod:`kdprune.loaders.rs2`; ``ids`` must then be None).
     """
     from kdprune.loss import KDLoss
+    from kdprune.loss.alpha import family
     from kdprune.models import build_model, model_kwargs, save_model
 
     cfg.validate()
@@ -221,13 +223,17 @@ def train_run(cfg: TrainConfig, train_set, test_set, ids=None, *, store=None, ke
         raise ConfigError(f"rs2={cfg.rs2} draws each epoch's subset from the whole dataset; drop the fixed "
                           "subset (--subset / ids) or set rs2=0")
     _check_subset(ids, train_set)
+    # the pruning method picks the alpha rule: the score an IndexSet was pruned by (or its scored mode:
+    # hardest, easiest, ccs), RS2, or random
+    meta = getattr(ids, "meta", None) or {}
+    method = "rs2" if cfg.rs2 else (meta.get("scores_method") or meta.get("mode"))
     ids = np.arange(len(train_set)) if ids is None else np.asarray(getattr(ids, "ids", ids))
     kept = int(round(cfg.rs2 * len(train_set))) if cfg.rs2 else len(ids)  # samples per epoch
     fraction = keep_fraction if keep_fraction is not None else kept / len(train_set)
     if cfg.teacher == "store" and store is None and teacher_model is not None:
         cfg = TrainConfig.from_dict({**cfg.as_dict(), "teacher": "online"})  # a teacher model given: run it
     has_teacher = (store is not None) if cfg.teacher == "store" else (teacher_model is not None)
-    alpha = _resolve_alpha(cfg, fraction, has_teacher)
+    alpha = _resolve_alpha(cfg, fraction, has_teacher, method)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     h, w, c = image_shape(train_set)
     kwargs = model_kwargs(cfg.model, cfg.width, cfg.norm)
@@ -249,6 +255,7 @@ def train_run(cfg: TrainConfig, train_set, test_set, ids=None, *, store=None, ke
     final = trainer.ema.module if trainer.ema is not None else trainer.model
     last = history.epochs[-1] if history.epochs else {}
     metrics = {"config": {**cfg.as_dict(), "alpha": alpha}, "inputs": inputs, "keep_fraction": fraction, "kept": kept,
+               "alpha_family": family(method) or "random",
                "test_accuracy": last.get("test_accuracy", float("nan")),
                "test_loss": last.get("test_loss", float("nan")),
                "samples_seen": history.samples_seen, "wall_time_s": history.wall_time_s,
