@@ -20,7 +20,8 @@ _HELP = {
           "0.2 at batch 64, the best of a sweep of 3-epoch Fashion-MNIST students (docs/design.md)",
     "loss_kernel": "implementation of the fused KD loss: auto (triton on CUDA, cpu with the C++ extension, "
                    "else torch), triton, cpu or torch",
-    "alpha": "weight of the distillation term in [0, 1], or 'auto' (from the keep fraction and the subset's pruning method: scores want more at small f); "
+    "alpha": "weight of the distillation term in [0, 1], or 'auto' (from the keep fraction and the subset's "
+             "pruning method: score-pruned subsets get more at small f); "
              "unset: 'auto' when the run has a teacher (--store / --teacher-model), 0 without one",
     "augment": "random-resized-crop augmentation; unset: replay the --store's views (as `kdprune logits` "
                "made them), on without a store",
