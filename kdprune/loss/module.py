@@ -13,7 +13,9 @@ class KDLoss(torch.nn.Module):
     """``KDLoss(alpha, temperature)(student_logits, teacher_logits, labels) -> KDOutput``.
 
     ``alpha="auto"`` resolves alpha once, here, from ``fraction`` (the kept fraction of the dataset)
-    via ``alpha_for_fraction``; ``self.alpha`` is then the number used. The other arguments are those
+    and ``method`` (how it was pruned: ``"random"`` by default, or the score, e.g. ``"el2n"``, whose
+    family wants more KD at small fractions) via ``alpha_for_fraction``; ``self.alpha`` is then the
+    number used. The other arguments are those
     of :func:`kdprune.kd_loss` (``backend=`` and ``keep_fraction=`` are the deprecated names of
     ``kernel=`` and ``fraction=``).
 
@@ -22,19 +24,21 @@ class KDLoss(torch.nn.Module):
     >>> out = loss_fn(torch.randn(8, 10), torch.randn(8, 10), torch.randint(0, 10, (8,)))
     >>> 0.0 <= loss_fn.alpha <= 1.0 and out.ce.shape == (8,)
     True
+    >>> kdprune.KDLoss(alpha="auto", fraction=0.1, method="el2n").alpha > loss_fn.alpha  # score-pruned: more KD
+    True
     """
 
     def __init__(self, alpha: Union[float, str] = 0.5, temperature: float = 4.0, *, reduction: str = "mean",
                  ignore_index: int = -100, label_smoothing: float = 0.0, kernel: str = "auto",
                  fraction: Optional[float] = None, inplace: bool = False, backend: Optional[str] = None,
-                 keep_fraction: Optional[float] = None):
+                 keep_fraction: Optional[float] = None, method: Optional[str] = None):
         super().__init__()
         from kdprune.loss.alpha import resolve_alpha
         from kdprune.loss.function import renamed
 
         kernel = renamed(kernel, backend, "backend", "kernel", "KDLoss")
         fraction = renamed(fraction, keep_fraction, "keep_fraction", "fraction", "KDLoss")
-        self.alpha = resolve_alpha(alpha, fraction, "KDLoss")
+        self.alpha = resolve_alpha(alpha, fraction, "KDLoss", method=method)
         self.temperature = float(temperature)
         self.reduction = reduction
         self.ignore_index = int(ignore_index)
