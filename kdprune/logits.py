@@ -151,14 +151,9 @@ class _Inputs:
     the loader's workers."""
 
     def __init__(self, dataset, workers: int, image_size=None, loader: str = "torch", converted=None, device="cpu"):
-        from kdprune.loaders import BACKENDS
+        from kdprune.loaders import check_source
 
-        if loader not in BACKENDS:
-            raise ConfigError(f"unknown loader backend {loader!r}; choose one of {', '.join(BACKENDS)}")
-        if loader != "torch" and converted is None:
-            raise ConfigError(f"the {loader} loader reads a converted copy of the dataset: make it with "
-                              f"`kdprune convert --format {loader} --out PATH` (or kdprune.convert) and pass "
-                              "its path (--converted PATH, or converted=PATH)")
+        check_source(loader, converted)  # before the store is created: a bad choice writes nothing
         self.dataset, self.workers, self.image_size = dataset, int(workers), image_size
         self.backend, self.converted = loader, converted
         self.device = device  # the teacher's: FFCV and DALI hand a GPU grey levels, normalised there

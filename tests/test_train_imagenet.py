@@ -165,11 +165,11 @@ def test_teacher_logits_through_ffcv_or_dali_need_the_conversion(tmp_path):
     import torch
 
     import kdprune
-    from kdprune.errors import ConfigError
+    from kdprune.errors import ConfigError, DataError
 
     data = torch.utils.data.TensorDataset(torch.randn(8, 3, 8, 8), torch.arange(8) % 2)
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2))
-    with pytest.raises(ConfigError, match=r"kdprune convert --format dali --out PATH"):
+    with pytest.raises(DataError, match=r"kdprune convert --format dali --out PATH"):
         kdprune.write_teacher_logits(teacher, data, tmp_path / "s", loader="dali", progress=False)
     with pytest.raises(ConfigError, match="unknown loader backend 'jpeg'"):
         kdprune.write_teacher_logits(teacher, data, tmp_path / "s", loader="jpeg", progress=False)

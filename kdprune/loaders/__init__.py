@@ -50,20 +50,26 @@ def build(backend: str, source, ids, *, batch_size: int, train: bool, seed: int 
         from kdprune.loaders.torch_backend import make_torch_loader
         kwargs.pop("path", None)
         return make_torch_loader(source, ids, **common, **kwargs)
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown loader backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     path = kwargs.pop("path", None)
     if isinstance(source, (str, os.PathLike)):
         path, source = os.fspath(source), None
-    if path is None:
-        raise DataError(f"the {backend} backend reads a converted dataset: run `kdprune convert --format "
-                        f"{backend} --out PATH` and pass path=PATH (or the path as the source)")
+    check_source(backend, path)
     require_backend(backend)
     if backend == "ffcv":
         from kdprune.loaders.ffcv_backend import FFCVLoader
         return FFCVLoader(path, ids, source=source, **common, **kwargs)
     from kdprune.loaders.dali_backend import DALILoader
     return DALILoader(path, ids, source=source, **common, **kwargs)
+
+
+def check_source(backend: str, path) -> None:
+    """Refuse an unknown backend, and FFCV or DALI without the path of a converted dataset, before
+    anything is read or written."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown loader backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend != "torch" and path is None:
+        raise DataError(f"the {backend} backend reads a converted dataset: run `kdprune convert --format "
+                        f"{backend} --out PATH` and pass its path (path=PATH, --converted PATH or --train-data PATH)")
 
 
 def require_backend(backend: str) -> None:
