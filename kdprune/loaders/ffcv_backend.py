@@ -412,8 +412,8 @@ class FFCVLoader(KeptIdLoader):
     def _own(self, x: np.ndarray) -> torch.Tensor:
         """The batch out of FFCV's ring, whose slot is written again once the next batch is drawn:
         on a GPU its copy to the device (grey levels, normalised there); on the CPU a copy into memory
-        of its own, from the loader's ``recycle.BufferPool``. Why a pool: a fresh array of a batch this large is mapped anew and
-        page-faulted in every time; on 1,500 JPEGs of 200-500 px, 224 px crops, batches of 64, two
+        of its own, from the loader's ``recycle.BufferPool``. Why a pool: a fresh array of a batch this
+        large is mapped anew and page-faulted in every time; on 1,500 JPEGs of 200-500 px, 224 px crops, batches of 64, two
         threads (2-core CPU VM, no GPU, 2026-12-04), the loader spent 1.18 ms of CPU a sample with
         fresh arrays and 1.01 ms pooled (FFCV stock, uint8 batches in its ring: 0.88 ms)."""
         if self.device.type != "cpu":
