@@ -7,9 +7,10 @@ the optional horizontal flip, resized to the output's size by bilinear sampling 
 float32 ``[C, H', W']``; or, into a uint8 ``out``, as grey levels rounded to the nearest (what a loader
 hands out with ``dtype="uint8"``, a quarter of the bytes, for normalisation on the device). The
 sampling is axis-aligned, so it is separable: each output column has two source columns and two
-weights, each output row two source rows and two weights, computed once per image. Coordinates are computed in float64, so the result is within 1e-6 of a float64 reference;
-torch's float32 coordinates put grid_sample itself up to 4e-5 off it at 256 px (1e-4 at 500 px,
-a sixtieth of a grey level), so kernel and torch agree to that (tests/test_crop_kernel.py).
+weights, each output row two source rows and two weights, computed once per image. Coordinates are
+computed in float64, so the result is within 1e-6 of a float64 reference; torch's float32 coordinates
+put grid_sample itself up to 4e-5 off it at 256 px (1e-4 at 500 px, a sixtieth of a grey level), so
+kernel and torch agree to that (tests/test_crop_kernel.py).
 
 Compiled with numba (which FFCV depends on) without fastmath, so the arithmetic is the one written
 here; ``nogil``, so FFCV's decode threads run them side by side.
